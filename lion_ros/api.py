@@ -1,0 +1,61 @@
+"""Plain data types shared by the model runtime, the backends and the ROS node.
+
+Kept free of torch and ROS imports so every layer (PyTorch, ONNX Runtime, TensorRT, rclpy)
+can exchange them.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import IntEnum
+
+
+class TaskKind(IntEnum):
+    """Which router row of the mixture of adapters a sample uses.
+
+    The values are the official code's router index (`int(category != "region_level")`), so
+    they can be fed to the model as-is.
+    """
+
+    REGION = 0  # grounding: REC, REG, grounded captions; answers carry boxes
+    IMAGE = 1  # holistic: captions, VQA, counting, yes/no
+
+
+@dataclass(frozen=True)
+class GroundedBox:
+    """One grounded phrase with its box in pixels of the original (source) image."""
+
+    phrase: str
+    x1: float
+    y1: float
+    x2: float
+    y2: float
+    score: float = 1.0  # mean probability of the generated box tokens; 1.0 when unknown
+
+    @property
+    def width(self) -> float:
+        return self.x2 - self.x1
+
+    @property
+    def height(self) -> float:
+        return self.y2 - self.y1
+
+
+@dataclass
+class StageTimings:
+    """Latency of one answer, per stage, in milliseconds."""
+
+    image_encode_ms: float = 0.0  # ViT + aggregator; 0 when cached features were reused
+    prefill_ms: float = 0.0  # Q-Former + T5 encoder
+    decode_ms: float = 0.0  # autoregressive decoding
+    total_ms: float = 0.0
+    tokens_generated: int = 0
+
+
+@dataclass
+class Answer:
+    """What a question about an image returns, independent of the backend."""
+
+    text: str
+    task: TaskKind
+    boxes: list[GroundedBox] = field(default_factory=list)
+    timings: StageTimings = field(default_factory=StageTimings)
