@@ -1,0 +1,10 @@
+"""Test-wide setup: keep every test run's DDS traffic private and on this machine."""
+import os
+import random
+
+# Set before anything imports rclpy: the middleware reads these at rclpy.init(). A random
+# domain keeps concurrent test runs on one machine from discovering each other's nodes, and
+# LOCALHOST keeps discovery traffic on loopback.
+os.environ.setdefault("ROS_DOMAIN_ID", str(random.Random().randint(1, 101)))
+os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+os.environ.setdefault("RMW_IMPLEMENTATION", "rmw_fastrtps_cpp")
