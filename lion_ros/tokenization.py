@@ -24,6 +24,8 @@ T5_DIR = "tokenizer"
 QFORMER_DIR = "qformer_tokenizer"
 TAG_TOKEN = "<extra_id_0>"  # the soft-prompt slot of the tag sentence
 QFORMER_BOS = "[DEC]"
+# Always in a nano vocabulary, even if the training corpus lacks some (e.g. no multi-box ";").
+BOX_CHARACTERS = list("0123456789[],;.:")
 
 
 @dataclass(frozen=True)
@@ -114,6 +116,25 @@ def _isolate_digits_and_punctuation() -> list[pre.PreTokenizer]:
     return [pre.Punctuation("isolated"), pre.Digits(individual_digits=True)]
 
 
+def _doubled_words(tokenizer: Tokenizer, corpus: list[str]) -> str:
+    """Every word of `corpus` written twice in a row ("red" -> "redred"), as one extra text.
+
+    The `tokenizers` UnigramTrainer seeds candidate pieces from substrings that occur twice in
+    the concatenation of DISTINCT words (SentencePiece concatenates whole sentences), so a
+    frequent word that is no other word's substring never becomes a piece: on a small or
+    templated corpus the vocabulary collapses to characters. With the doubled copy every word
+    is a shared prefix and gets seeded; the copies occur once each and are pruned by EM.
+    """
+    words = {
+        word.lstrip("\u2581")  # the Metaspace word-start mark
+        for text in corpus
+        for word, _ in tokenizer.pre_tokenizer.pre_tokenize_str(
+            tokenizer.normalizer.normalize_str(text)
+        )
+    }
+    return " ".join(word * 2 for word in sorted(words) if len(word) > 1)
+
+
 def train_nano_tokenizers(
     texts: Iterable[str],
     t5_vocab_size: int,
@@ -144,11 +165,12 @@ def train_nano_tokenizers(
     )
     t5.decoder = decoders.Metaspace(prepend_scheme="always")
     t5.train_from_iterator(
-        corpus,
+        corpus + [_doubled_words(t5, corpus)],
         trainers.UnigramTrainer(
             vocab_size=t5_vocab_size - config.num_sentinels,
             special_tokens=t5_specials,
             unk_token="<unk>",
+            initial_alphabet=BOX_CHARACTERS,
             show_progress=False,
         ),
     )
@@ -166,7 +188,10 @@ def train_nano_tokenizers(
     bert.train_from_iterator(
         corpus,
         trainers.WordPieceTrainer(
-            vocab_size=qformer_vocab_size, special_tokens=bert_specials, show_progress=False
+            vocab_size=qformer_vocab_size,
+            special_tokens=bert_specials,
+            initial_alphabet=BOX_CHARACTERS,
+            show_progress=False,
         ),
     )
     bert.post_processor = processors.TemplateProcessing(
