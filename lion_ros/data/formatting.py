@@ -1,19 +1,18 @@
-"""LION/Shikra target formatting: normalised `[x1,y1,x2,y2]` boxes with 3 decimals.
-
-Kept local to the data package so the readers and the synthetic generator do not depend on
-the runtime's box parser; both follow Shikra's `PlainBoxFormatter` (see the LION notes, §5).
-"""
+"""Target text for boxes, via the runtime's `BoxCodec` so training targets and the parser that
+reads model output agree on one format (`[x1,y1,x2,y2]`, 3 decimals, `Answer: ` prefix)."""
 from __future__ import annotations
 
 from typing import Sequence
 
+from lion_ros.boxes import DEFAULT_CODEC
 from lion_ros.data.sample import Box
-
-ANSWER_PREFIX = "Answer: "
 
 
 def normalize_box(x1: float, y1: float, x2: float, y2: float, width: float, height: float) -> Box:
-    """Pixel xyxy to [0, 1] xyxy, clamped and rounded to 3 decimals (Shikra's norm_box_xyxy)."""
+    """Pixel xyxy to [0, 1] xyxy, clamped and rounded to 3 decimals (Shikra's norm_box_xyxy).
+
+    Rounding here keeps the structured targets equal to what parsing the target text gives.
+    """
     if width <= 0 or height <= 0:
         raise ValueError(f"image size must be positive, got {width}x{height}")
 
@@ -29,13 +28,12 @@ def xywh_to_normalized_xyxy(x: float, y: float, w: float, h: float, width: float
 
 
 def format_boxes(boxes: Sequence[Box]) -> str:
-    """One bracket, boxes separated by `;`, coordinates by `,` without spaces."""
-    return "[" + ";".join(",".join(f"{v:.3f}" for v in box) for box in boxes) + "]"
+    return DEFAULT_CODEC.format_boxes(boxes)
 
 
 def rec_target(box: Box) -> str:
-    return ANSWER_PREFIX + format_boxes([box])
+    return DEFAULT_CODEC.format_answer([box])
 
 
 def boxes_target(boxes: Sequence[Box]) -> str:
-    return ANSWER_PREFIX + format_boxes(boxes)
+    return DEFAULT_CODEC.format_answer(boxes)

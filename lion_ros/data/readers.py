@@ -1,0 +1,400 @@
+"""Readers for public VL datasets stored locally, in their original file layouts.
+
+Each reader returns a `ListDataset` of `Sample`s with a LION-style instruction and target.
+Prompts come from `lion_ros.prompts`: the canonical template unless `variety_seed` is given
+(then a stable per-sample choice from the same list). Missing files raise `FileNotFoundError`; files that parse but do
+not have the expected layout raise `DatasetFormatError` naming the file and the problem.
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+import pickle
+from collections import Counter
+from typing import Any, Iterable, Optional
+
+from lion_ros import prompts
+from lion_ros.api import TaskKind
+from lion_ros.data import templates
+from lion_ros.data.formatting import rec_target, xywh_to_normalized_xyxy
+from lion_ros.data.sample import ListDataset, RegionTarget, Sample
+
+
+class DatasetFormatError(ValueError):
+    """A dataset file exists but does not have the layout of its public release."""
+
+
+def _check_file(path: str, what: str) -> None:
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{what} not found: {path}")
+
+
+def _load_json(path: str, what: str) -> Any:
+    _check_file(path, what)
+    with open(path, encoding="utf-8") as f:
+        try:
+            return json.load(f)
+        except json.JSONDecodeError as e:
+            raise DatasetFormatError(f"{what} {path} is not valid JSON: {e}") from e
+
+
+def _get(record: Any, key: str, path: str, context: str) -> Any:
+    if not isinstance(record, dict):
+        raise DatasetFormatError(f"{path}: expected an object in {context}, got {type(record).__name__}")
+    if key not in record:
+        raise DatasetFormatError(f"{path}: missing key {key!r} in {context}")
+    return record[key]
+
+
+def _list(value: Any, path: str, context: str) -> list:
+    if not isinstance(value, list):
+        raise DatasetFormatError(f"{path}: expected a list for {context}, got {type(value).__name__}")
+    return value
+
+
+def _most_common(answers: Iterable[str]) -> str:
+    # Ties go to the answer seen first, so the target does not depend on hash order.
+    counts = Counter(answers)
+    best = max(counts.values())
+    return next(a for a in counts if counts[a] == best)
+
+
+def _vqa_question(question: str, sid: str, variety_seed: Optional[int]) -> str:
+    return prompts.vqa_prompt(question, templates.choice_for(sid, variety_seed))
+
+
+# ---------------------------------------------------------------------------------------
+# Captioning
+# ---------------------------------------------------------------------------------------
+
+def read_coco_captions(path: str, image_root: str = "", split: Optional[str] = None, per_image: bool = False,
+                       variety_seed: Optional[int] = None) -> ListDataset:
+    """COCO `captions_<split>.json`: one sample per caption, or per image with every caption
+    in `answers` (the evaluation form, `per_image=True`; the target is the first caption)."""
+    data = _load_json(path, "COCO captions file")
+    images = _list(_get(data, "images", path, "the top level"), path, "'images'")
+    anns = _list(_get(data, "annotations", path, "the top level"), path, "'annotations'")
+    split = split or _split_from_name(path, "captions_")
+    info = {}
+    for img in images:
+        info[_get(img, "id", path, "an image")] = (
+            _get(img, "file_name", path, "an image"), _get(img, "width", path, "an image"),
+            _get(img, "height", path, "an image"),
+        )
+    by_image: dict[Any, list[tuple[Any, str]]] = {}
+    for ann in anns:
+        image_id = _get(ann, "image_id", path, "an annotation")
+        if image_id not in info:
+            raise DatasetFormatError(f"{path}: caption {ann.get('id')} refers to unknown image {image_id}")
+        caption = str(_get(ann, "caption", path, "an annotation")).strip()
+        by_image.setdefault(image_id, []).append((_get(ann, "id", path, "an annotation"), caption))
+    samples = []
+    for image_id, caps in by_image.items():
+        file_name, width, height = info[image_id]
+        groups = [caps] if per_image else [[c] for c in caps]
+        for group in groups:
+            sid = f"coco_caption/{image_id}" if per_image else f"coco_caption/{image_id}/{group[0][0]}"
+            samples.append(Sample(
+                id=sid, question=prompts.caption_prompt(templates.choice_for(sid, variety_seed)),
+                answer=group[0][1], task=TaskKind.IMAGE, task_name="caption", source="coco_caption", split=split,
+                image_path=os.path.join(image_root, file_name), image_size=(width, height),
+                answers=[c for _, c in caps] if per_image else [group[0][1]],
+            ))
+    return ListDataset(samples)
+
+
+def _split_from_name(path: str, prefix: str) -> str:
+    stem = os.path.splitext(os.path.basename(path))[0]
+    return stem[len(prefix):] if stem.startswith(prefix) else stem
+
+
+# ---------------------------------------------------------------------------------------
+# VQA family
+# ---------------------------------------------------------------------------------------
+
+def read_vqav2(questions_path: str, annotations_path: Optional[str] = None, image_root: str = "",
+               split: Optional[str] = None, source: str = "vqav2",
+               variety_seed: Optional[int] = None) -> ListDataset:
+    """VQAv2 `v2_OpenEnded_mscoco_<subtype>_questions.json` + `v2_mscoco_<subtype>_annotations.json`.
+
+    Without annotations (test splits) the samples have empty answers. The target is the
+    annotators' `multiple_choice_answer`; all 10 answers go to `answers` for VQA scoring.
+    Images are `COCO_<data_subtype>_<image_id:012d>.jpg` under `image_root`.
+    """
+    qdata = _load_json(questions_path, f"{source} questions file")
+    questions = _list(_get(qdata, "questions", questions_path, "the top level"), questions_path, "'questions'")
+    subtype = str(_get(qdata, "data_subtype", questions_path, "the top level"))
+    answers_by_qid: dict[Any, tuple[str, list[str], str]] = {}
+    if annotations_path is not None:
+        adata = _load_json(annotations_path, f"{source} annotations file")
+        for ann in _list(_get(adata, "annotations", annotations_path, "the top level"), annotations_path,
+                         "'annotations'"):
+            qid = _get(ann, "question_id", annotations_path, "an annotation")
+            raw = _list(_get(ann, "answers", annotations_path, f"annotation {qid}"), annotations_path,
+                        f"answers of {qid}")
+            answers = [str(_get(a, "answer", annotations_path, f"an answer of {qid}")) for a in raw]
+            best = ann.get("multiple_choice_answer") or (_most_common(answers) if answers else "")
+            answers_by_qid[qid] = (str(best), answers, str(ann.get("answer_type", "")))
+    samples = []
+    for q in questions:
+        qid = _get(q, "question_id", questions_path, "a question")
+        image_id = int(_get(q, "image_id", questions_path, f"question {qid}"))
+        text = str(_get(q, "question", questions_path, f"question {qid}"))
+        if annotations_path is not None and qid not in answers_by_qid:
+            raise DatasetFormatError(f"{annotations_path}: no annotation for question {qid}")
+        best, answers, answer_type = answers_by_qid.get(qid, ("", [], ""))
+        sid = f"{source}/{qid}"
+        is_yes_no = answer_type == "yes/no" and best in ("yes", "no")
+        samples.append(Sample(
+            id=sid, question=_vqa_question(text, sid, variety_seed), answer=best, task=TaskKind.IMAGE,
+            task_name="vqa", source=source, split=split or subtype,
+            image_path=os.path.join(image_root, f"COCO_{subtype}_{image_id:012d}.jpg"),
+            answers=answers, yes_no=(best == "yes") if is_yes_no else None,
+        ))
+    return ListDataset(samples)
+
+
+def read_okvqa(questions_path: str, annotations_path: Optional[str] = None, image_root: str = "",
+               split: Optional[str] = None, variety_seed: Optional[int] = None) -> ListDataset:
+    """OK-VQA `OpenEnded_mscoco_<subtype>_questions.json` + `mscoco_<subtype>_annotations.json`
+    (the VQAv2 layout; 5 answers each given twice)."""
+    return read_vqav2(questions_path, annotations_path, image_root, split, "okvqa", variety_seed)
+
+
+def read_aokvqa(path: str, image_root: str = "", split: Optional[str] = None,
+                variety_seed: Optional[int] = None) -> ListDataset:
+    """A-OKVQA `aokvqa_v1p0_<split>.json`: a list of questions with `choices`,
+    `correct_choice_idx` and 10 `direct_answers` (absent in the test split).
+
+    Images are COCO 2017: `<image_root>/<image_id:012d>.jpg`.
+    """
+    data = _list(_load_json(path, "A-OKVQA file"), path, "the top level")
+    samples = []
+    for rec in data:
+        qid = _get(rec, "question_id", path, "a question")
+        image_id = int(_get(rec, "image_id", path, f"question {qid}"))
+        text = str(_get(rec, "question", path, f"question {qid}"))
+        choices = [str(c) for c in _list(rec.get("choices", []), path, f"choices of {qid}")]
+        direct = [str(a) for a in _list(rec.get("direct_answers", []), path, f"direct_answers of {qid}")]
+        idx = rec.get("correct_choice_idx")
+        if idx is not None and not (isinstance(idx, int) and 0 <= idx < len(choices)):
+            raise DatasetFormatError(f"{path}: correct_choice_idx {idx!r} out of range for question {qid}")
+        answer = _most_common(direct) if direct else (choices[idx] if idx is not None else "")
+        sid = f"aokvqa/{qid}"
+        samples.append(Sample(
+            id=sid, question=_vqa_question(text, sid, variety_seed), answer=answer, task=TaskKind.IMAGE,
+            task_name="vqa", source="aokvqa", split=split or str(rec.get("split", "")),
+            image_path=os.path.join(image_root, f"{image_id:012d}.jpg"), answers=direct, choices=choices,
+        ))
+    return ListDataset(samples)
+
+
+def read_gqa(path: str, split: str, image_root: str = "", variety_seed: Optional[int] = None) -> ListDataset:
+    """GQA `<split>_balanced_questions.json`: a dict keyed by question id with `question`,
+    `imageId` and (except in the submission split) `answer`. Images: `<image_root>/<imageId>.jpg`."""
+    data = _load_json(path, "GQA questions file")
+    if not isinstance(data, dict):
+        raise DatasetFormatError(f"{path}: expected an object keyed by question id, got {type(data).__name__}")
+    samples = []
+    for qid, rec in data.items():
+        text = str(_get(rec, "question", path, f"question {qid}"))
+        image_id = str(_get(rec, "imageId", path, f"question {qid}"))
+        answer = str(rec.get("answer", ""))
+        sid = f"gqa/{qid}"
+        samples.append(Sample(
+            id=sid, question=_vqa_question(text, sid, variety_seed), answer=answer, task=TaskKind.IMAGE,
+            task_name="vqa", source="gqa", split=split, image_path=os.path.join(image_root, f"{image_id}.jpg"),
+            answers=[answer] if answer else [],
+            yes_no=(answer == "yes") if answer in ("yes", "no") else None,
+        ))
+    return ListDataset(samples)
+
+
+def read_vsr(path: str, split: str, image_root: str = "") -> ListDataset:
+    """VSR `<split>.jsonl`: one JSON object per line with `image`, `caption`, `label` (1 true,
+    0 false) and `relation`. Images: `<image_root>/<image>`."""
+    _check_file(path, "VSR jsonl file")
+    samples = []
+    with open(path, encoding="utf-8") as f:
+        for line_no, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DatasetFormatError(f"{path}:{line_no}: not valid JSON: {e}") from e
+            where = f"line {line_no}"
+            caption = str(_get(rec, "caption", path, where))
+            label = _get(rec, "label", path, where)
+            if label not in (0, 1):
+                raise DatasetFormatError(f"{path}:{line_no}: label must be 0 or 1, got {label!r}")
+            answer = "yes" if label == 1 else "no"
+            sid = f"vsr/{split}/{line_no}"
+            samples.append(Sample(
+                id=sid, question=templates.VSR.format(caption=caption), answer=answer, task=TaskKind.IMAGE,
+                task_name="yesno", source="vsr", split=split,
+                image_path=os.path.join(image_root, str(_get(rec, "image", path, where))),
+                yes_no=label == 1, answers=[answer], tags=[str(rec.get("relation", ""))] if rec.get("relation") else [],
+            ))
+    return ListDataset(samples)
+
+
+# ---------------------------------------------------------------------------------------
+# Region level
+# ---------------------------------------------------------------------------------------
+
+class RestrictedUnpickler(pickle.Unpickler):
+    """Unpickler for untrusted files that only rebuilds plain builtin containers and scalars.
+
+    Plain dicts, lists, strings and numbers never reach `find_class` (they have their own
+    opcodes), so any global a file asks for beyond these builtins is refused.
+    """
+
+    ALLOWED = frozenset({"dict", "list", "str", "int", "float", "tuple"})
+
+    def find_class(self, module: str, name: str) -> Any:
+        if module in ("builtins", "__builtin__") and name in self.ALLOWED:
+            return getattr(__import__("builtins"), name)
+        raise pickle.UnpicklingError(
+            f"refusing to load {module}.{name}: this pickle may only contain plain dicts, lists, "
+            "strings and numbers"
+        )
+
+
+def safe_load_pickle(path: str) -> Any:
+    _check_file(path, "pickle file")
+    with open(path, "rb") as f:
+        data = f.read()
+    # The RefCOCO pickles were written by Python 2; their byte strings are UTF-8 text.
+    return RestrictedUnpickler(io.BytesIO(data), encoding="utf-8").load()
+
+
+REFER_SPLITS: dict[str, tuple[str, ...]] = {
+    "refcoco": ("train", "val", "testA", "testB"),
+    "refcoco+": ("train", "val", "testA", "testB"),
+    "refcocog": ("train", "val", "test"),
+}
+
+
+def read_refcoco(refs_path: str, instances_path: str, dataset: str = "refcoco", split: Optional[str] = None,
+                 image_root: str = "", task: str = "rec", variety_seed: Optional[int] = None) -> ListDataset:
+    """RefCOCO / RefCOCO+ / RefCOCOg from the `refer` release: `refs(unc).p` / `refs(umd).p`
+    (a pickled list of refs) plus that folder's COCO-style `instances.json`.
+
+    One sample per referring sentence. `task="rec"` asks for the box (`Answer: [..]`),
+    `task="reg"` gives the box and expects the sentence. Boxes are COCO pixel xywh of the
+    ref's annotation, normalised by the image size from `instances.json`.
+    """
+    if dataset not in REFER_SPLITS:
+        raise ValueError(f"unknown dataset {dataset!r}; expected one of {sorted(REFER_SPLITS)}")
+    if split is not None and split not in REFER_SPLITS[dataset]:
+        raise ValueError(f"{dataset} has no split {split!r}; expected one of {REFER_SPLITS[dataset]}")
+    if task not in ("rec", "reg"):
+        raise ValueError(f"task must be 'rec' or 'reg', got {task!r}")
+    refs = _list(safe_load_pickle(refs_path), refs_path, "the top level")
+    inst = _load_json(instances_path, "COCO instances file")
+    images = {}
+    for img in _list(_get(inst, "images", instances_path, "the top level"), instances_path, "'images'"):
+        images[_get(img, "id", instances_path, "an image")] = (
+            str(_get(img, "file_name", instances_path, "an image")),
+            float(_get(img, "width", instances_path, "an image")),
+            float(_get(img, "height", instances_path, "an image")),
+        )
+    boxes = {}
+    for ann in _list(_get(inst, "annotations", instances_path, "the top level"), instances_path, "'annotations'"):
+        bbox = _get(ann, "bbox", instances_path, "an annotation")
+        if not (isinstance(bbox, list) and len(bbox) == 4):
+            raise DatasetFormatError(f"{instances_path}: annotation {ann.get('id')} bbox must be [x, y, w, h]")
+        boxes[_get(ann, "id", instances_path, "an annotation")] = bbox
+    samples = []
+    for ref in refs:
+        ref_split = str(_get(ref, "split", refs_path, "a ref"))
+        if split is not None and ref_split != split:
+            continue
+        ref_id = _get(ref, "ref_id", refs_path, "a ref")
+        ann_id = _get(ref, "ann_id", refs_path, f"ref {ref_id}")
+        image_id = _get(ref, "image_id", refs_path, f"ref {ref_id}")
+        if ann_id not in boxes:
+            raise DatasetFormatError(f"{instances_path}: no annotation {ann_id} (needed by ref {ref_id})")
+        if image_id not in images:
+            raise DatasetFormatError(f"{instances_path}: no image {image_id} (needed by ref {ref_id})")
+        file_name, width, height = images[image_id]
+        box = xywh_to_normalized_xyxy(*boxes[ann_id], width, height)
+        for sent in _list(_get(ref, "sentences", refs_path, f"ref {ref_id}"), refs_path, f"sentences of {ref_id}"):
+            text = str(_get(sent, "sent", refs_path, f"a sentence of ref {ref_id}")).strip()
+            sid = f"{dataset}/{ref_id}/{_get(sent, 'sent_id', refs_path, f'a sentence of ref {ref_id}')}"
+            if task == "rec":
+                question = prompts.rec_prompt(text, templates.choice_for(sid, variety_seed))
+                answer = rec_target(box)
+            else:
+                question = prompts.reg_prompt(box, templates.choice_for(sid, variety_seed))
+                answer = text
+            samples.append(Sample(
+                id=sid, question=question, answer=answer, task=TaskKind.REGION, task_name=task, source=dataset,
+                split=ref_split, image_path=os.path.join(image_root, file_name),
+                image_size=(int(width), int(height)), regions=[RegionTarget(text, box)], answers=[answer],
+            ))
+    return ListDataset(samples)
+
+
+def read_visual_genome(region_path: str, image_data_path: str, image_root: str = "", split: str = "train",
+                       task: str = "reg", variety_seed: Optional[int] = None) -> ListDataset:
+    """Visual Genome `region_descriptions.json` (list of images, each with `regions` holding
+    pixel `x`, `y`, `width`, `height` and `phrase`) plus `image_data.json` for image sizes.
+
+    VG has no official split, so `split` only labels the samples. Image paths keep the
+    release's folder (`VG_100K/` or `VG_100K_2/`) taken from the image's `url`.
+    """
+    if task not in ("rec", "reg"):
+        raise ValueError(f"task must be 'rec' or 'reg', got {task!r}")
+    regions_data = _list(_load_json(region_path, "Visual Genome region descriptions file"), region_path,
+                         "the top level")
+    image_data = _list(_load_json(image_data_path, "Visual Genome image data file"), image_data_path,
+                       "the top level")
+    images = {}
+    for img in image_data:
+        # v1.2+ uses `image_id`, v1.0 used `id`.
+        image_id = img.get("image_id", img.get("id")) if isinstance(img, dict) else None
+        if image_id is None:
+            raise DatasetFormatError(f"{image_data_path}: an image has neither 'image_id' nor 'id'")
+        url = str(img.get("url", ""))
+        rel = "/".join(url.split("/")[-2:]) if url else f"{image_id}.jpg"
+        images[image_id] = (rel, float(_get(img, "width", image_data_path, f"image {image_id}")),
+                            float(_get(img, "height", image_data_path, f"image {image_id}")))
+    samples = []
+    for entry in regions_data:
+        image_id = entry.get("id", entry.get("image_id")) if isinstance(entry, dict) else None
+        if image_id is None:
+            raise DatasetFormatError(f"{region_path}: an entry has neither 'id' nor 'image_id'")
+        if image_id not in images:
+            raise DatasetFormatError(f"{image_data_path}: no image {image_id} (needed by {region_path})")
+        rel, width, height = images[image_id]
+        for reg in _list(_get(entry, "regions", region_path, f"image {image_id}"), region_path,
+                         f"regions of {image_id}"):
+            where = f"a region of image {image_id}"
+            box = xywh_to_normalized_xyxy(
+                float(_get(reg, "x", region_path, where)), float(_get(reg, "y", region_path, where)),
+                float(_get(reg, "width", region_path, where)), float(_get(reg, "height", region_path, where)),
+                width, height,
+            )
+            phrase = str(_get(reg, "phrase", region_path, where)).strip()
+            sid = f"vg/{image_id}/{_get(reg, 'region_id', region_path, where)}"
+            if task == "reg":
+                question = prompts.reg_prompt(box, templates.choice_for(sid, variety_seed))
+                answer = phrase
+            else:
+                question = prompts.rec_prompt(phrase, templates.choice_for(sid, variety_seed))
+                answer = rec_target(box)
+            samples.append(Sample(
+                id=sid, question=question, answer=answer, task=TaskKind.REGION, task_name=task,
+                source="visual_genome", split=split, image_path=os.path.join(image_root, rel),
+                image_size=(int(width), int(height)), regions=[RegionTarget(phrase, box)], answers=[answer],
+            ))
+    return ListDataset(samples)
+
+
+__all__ = [
+    "DatasetFormatError", "RestrictedUnpickler", "safe_load_pickle", "REFER_SPLITS", "read_coco_captions",
+    "read_vqav2", "read_okvqa", "read_aokvqa", "read_gqa", "read_vsr", "read_refcoco", "read_visual_genome",
+]
