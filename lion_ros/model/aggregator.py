@@ -27,6 +27,7 @@ class VisionAggregator(nn.Module):
             layer_norm_eps=config.layer_norm_eps,
             is_decoder=True,  # BertLayer only builds cross-attention for decoders
             add_cross_attention=True,
+            attn_implementation="sdpa",
         )
         self.blocks = nn.ModuleList(BertLayer(bert_config, layer_idx=i) for i in range(config.num_layers))
         for block in self.blocks:

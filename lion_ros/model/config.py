@@ -10,7 +10,7 @@ import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Tuple
+from typing import Any
 
 VISUAL_INPUT_MODES = ("qformer", "aggregator", "all")
 DTYPE_POLICIES = ("auto", "fp32", "mixed")
@@ -69,7 +69,7 @@ class AggregatorConfig:
     attention_probs_dropout_prob: float = 0.1
     layer_norm_eps: float = 1e-12
     main_layer: int = 38  # the query / hidden stream
-    cross_layers: Tuple[int, ...] = (28, 18)  # block k cross-attends to cross_layers[k]
+    cross_layers: tuple[int, ...] = (28, 18)  # block k cross-attends to cross_layers[k]
     proj_hidden_size: int = 5632  # adapter_proj: width -> proj_hidden_size -> d_model (4 x width)
 
 
@@ -164,11 +164,11 @@ class LionConfig:
             self.vision.num_tokens if self.uses_aggregator else 0
         )
 
-    def to_dict(self) -> Dict[str, Any]:
+    def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, data: Dict[str, Any]) -> "LionConfig":
+    def from_dict(cls, data: dict[str, Any]) -> "LionConfig":
         data = dict(data)
         sections = {
             "vision": VisionConfig,
@@ -196,7 +196,7 @@ class LionConfig:
         return PRESETS[name]()
 
 
-def _section_from_dict(section_cls: type, data: Dict[str, Any]) -> Any:
+def _section_from_dict(section_cls: type, data: dict[str, Any]) -> Any:
     known = {f.name for f in dataclasses.fields(section_cls)}
     unknown = set(data) - known
     if unknown:
@@ -251,7 +251,7 @@ def lion_nano() -> LionConfig:
             d_kv=48,
             num_layers=3,
             num_decoder_layers=3,
-            soft_prompt_token_id=3,
+            soft_prompt_token_id=2047,  # <extra_id_0> is the last id, as in T5
         ),
         adapter=AdapterConfig(bottleneck=32),
     )

@@ -19,10 +19,9 @@ is the per-question part (the Q-Former reads the question).
 from __future__ import annotations
 
 import json
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import ContextManager
 
 import torch
 import torch.nn.functional as F
@@ -58,11 +57,6 @@ class ImageFeatures:
 
     qformer_input: torch.Tensor | None
     aggregator_tokens: torch.Tensor | None
-
-    @property
-    def batch_size(self) -> int:
-        tensor = self.qformer_input if self.qformer_input is not None else self.aggregator_tokens
-        return tensor.shape[0]
 
 
 @dataclass
@@ -107,6 +101,8 @@ def parameter_group(name: str) -> str:
 
 
 class LionModel(nn.Module):
+    """The whole model; which branches exist depends on `config.visual_input`."""
+
     def __init__(self, config: LionConfig) -> None:
         super().__init__()
         self.config = config
@@ -190,11 +186,10 @@ class LionModel(nn.Module):
     # ----------------------------------------------------------------------------------------
     # Forward pieces
 
-    @contextmanager
-    def route(self, task_index: torch.Tensor | None) -> Iterator[None]:
-        """Run T5 with this [B] task index (`TaskKind`) selecting each sample's router row."""
-        with self.routing(task_index):
-            yield
+    def route(self, task_index: torch.Tensor | None) -> ContextManager[None]:
+        """`with model.route(t):` runs T5 with the [B] task index t (`TaskKind`) selecting each
+        sample's router row."""
+        return self.routing(task_index)
 
     def encode_image(self, pixel_values: torch.Tensor) -> ImageFeatures:
         """ViT once per frame; ln_vision for the Q-Former and/or the aggregator branch."""
