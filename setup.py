@@ -36,5 +36,5 @@ setup(
         "export": ["onnx>=1.16", "onnxruntime>=1.18"],
         "test": ["pytest>=8", "hypothesis>=6"],
     },
-    entry_points={"console_scripts": []},
+    entry_points={"console_scripts": ["lion-ask-ros = lion_ros.ros.ask_client:main"]},
 )

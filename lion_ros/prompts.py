@@ -127,10 +127,11 @@ class PromptConfig:
         "of mentioned objects in square brackets.",
     )
     # Ours (Shikra has no "find all" task): REC phrasing, several boxes in one answer bracket.
+    # <category> is a plural ("cups", "red objects"), so every template reads it as one.
     find_all_templates: tuple[str, ...] = (
         "In the image <image>, can you locate all <category> and let me know their coordinates?",
         "Find all <category> in <image> and provide their coordinates, please.",
-        "I need the coordinates of every <category> in <image>, can you please assist me with "
+        "I need the coordinates of all the <category> in <image>, can you please assist me with "
         "that?",
     )
 
