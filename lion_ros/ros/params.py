@@ -88,12 +88,16 @@ def flatten_yaml(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+# How `ros2 param describe` names our Python types.
+_ROS_TYPE_NAMES = {bool: "bool", int: "integer", float: "double", str: "string", list: "string[]"}
+
+
 def markdown_table(cls: type) -> str:
     rows = ["| Parameter | Type | Default | Description |", "|---|---|---|---|"]
     for s in specs(cls):
         extra = f" Range {s.range[0]}..{s.range[1]}." if s.range else ""
         extra += f" One of: {', '.join(s.choices)}." if s.choices else ""
-        type_name = "string[]" if s.type is list else s.type.__name__
+        type_name = _ROS_TYPE_NAMES[s.type]
         cell = f"{s.description}{extra}".replace("|", "\\|")
         rows.append(f"| `{s.name}` | {type_name} | `{s.default!r}` | {cell} |")
     return "\n".join(rows)
