@@ -15,19 +15,26 @@ match it token for token:
     finish, scores a finished hypothesis by sum(log p) / length ** length_penalty (length counts
     the generated tokens, EOS included) and stops with transformers' `early_stopping=False` rule.
 The reported per-token probabilities are the model's own softmax(logits) of each chosen token,
-before the repetition penalty: a confidence, not a search score.
+before the repetition penalty and any logits processor: a confidence, not a search score.
+
+The search loops only need a `DecoderStep`: `T5DecoderStep` here, or an ONNX Runtime / TensorRT
+engine wrapped in an object of the same shape, so every backend decodes with this code.
+A `LogitsProcessor` (e.g. `lion_ros.runtime.constraints.BoxConstraint`) edits the scores right
+before tokens are selected: the logits in greedy search, the log-probabilities in beam search
+(after the repetition penalty in both, as in transformers); -inf forbids a token.
 """
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable, Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers.models.t5.modeling_t5 import T5Attention
 
+from .config import LanguageConfig
 from .lion import ImageFeatures, LionModel, task_index_tensor
 
 _NEG = -1.0e9  # transformers' "impossible" score in beam search
@@ -57,7 +64,7 @@ class GenerationOutput:
 
 @dataclass
 class DecoderCache:
-    """Per-request decoder state, N = batch x beams rows."""
+    """Per-request decoder state of `T5DecoderStep`, N = batch x beams rows."""
 
     self_k: torch.Tensor  # [layers, N, heads, max_new_tokens, d_kv], position t written at step t
     self_v: torch.Tensor
@@ -73,6 +80,32 @@ class DecoderCache:
         self.self_v.copy_(self.self_v.index_select(1, rows))
 
 
+class StepCache(Protocol):
+    def reorder(self, rows: torch.Tensor) -> None:
+        """Beam search: row n continues the history of row rows[n] ([N] long)."""
+
+
+class DecoderStep(Protocol):
+    """What the search loops need from a decoder, whatever runs it.
+
+    `language` gives the token ids (pad, EOS, decoder start) and the vocabulary size; `device`
+    is where the loops keep their tensors and where `forward` returns its logits.
+    """
+
+    language: LanguageConfig
+    device: torch.device
+
+    def new_cache(
+        self, encoder_hidden_states: Any, encoder_mask: Any, max_new_tokens: int, num_beams: int
+    ) -> StepCache:
+        """Per-request state for batch x num_beams rows from the T5 encoder output [B, S, d_model]."""
+
+    def forward(
+        self, token_ids: torch.Tensor, position: torch.Tensor, cache: Any, task_index: torch.Tensor | None
+    ) -> torch.Tensor:
+        """token_ids [N] at `position` ([1] long) -> next-token logits [N, vocab]; fills the cache there."""
+
+
 class T5DecoderStep(nn.Module):
     """One decoder position for N sequences, computed from the T5 decoder's own modules."""
 
@@ -80,8 +113,12 @@ class T5DecoderStep(nn.Module):
         super().__init__()
         self.model = model
         self.decoder = model.language_model.decoder
-        t5 = model.config.language
-        self.num_heads, self.d_kv = t5.num_heads, t5.d_kv
+        self.language = model.config.language
+        self.num_heads, self.d_kv = self.language.num_heads, self.language.d_kv
+
+    @property
+    def device(self) -> torch.device:
+        return self.decoder.embed_tokens.weight.device
 
     @torch.no_grad()
     def new_cache(
@@ -152,6 +189,8 @@ class T5DecoderStep(nn.Module):
 
 Streamer = Callable[[int], None]  # receives token ids as they are decided
 StepHook = Callable[[], None]  # called after every step; raise from it to abandon the request
+# (tokens generated so far [N, t], scores [N, vocab]) -> scores; rows are batch x beams.
+LogitsProcessor = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 @torch.inference_mode()
@@ -166,6 +205,7 @@ def generate(
     config: GenerationConfig | None = None,
     streamer: Streamer | None = None,
     on_step: StepHook | None = None,
+    logits_processor: LogitsProcessor | None = None,
 ) -> GenerationOutput:
     """Answer a batch of prompts about already encoded images (`LionModel.encode_image`).
 
@@ -182,40 +222,54 @@ def generate(
     encoder_hidden_states, encoder_mask = model.encode(prefix, input_ids, attention_mask, task_index)
     _synchronize(device)
     prefilled = time.perf_counter()
-    output = decode(model, encoder_hidden_states, encoder_mask, task_index, config, streamer, on_step)
+    output = decode(
+        model, encoder_hidden_states, encoder_mask, task_index, config, streamer, on_step,
+        logits_processor=logits_processor,
+    )
     output.prefill_ms = (prefilled - started) * 1e3
     return output
 
 
 @torch.inference_mode()
 def decode(
-    model: LionModel,
-    encoder_hidden_states: torch.Tensor,
-    encoder_mask: torch.Tensor,
+    model: LionModel | None,
+    encoder_hidden_states: Any,
+    encoder_mask: Any,
     task_index: torch.Tensor | None,
     config: GenerationConfig,
     streamer: Streamer | None = None,
     on_step: StepHook | None = None,
+    *,
+    step: DecoderStep | None = None,
+    logits_processor: LogitsProcessor | None = None,
 ) -> GenerationOutput:
-    """Greedy (num_beams 1) or beam search from T5 encoder outputs [B, S, d_model]."""
-    if model.training:
-        raise RuntimeError("decoding needs the model in eval mode (dropout off): call model.eval()")
+    """Greedy (num_beams 1) or beam search from T5 encoder outputs [B, S, d_model].
+
+    `step` decodes one position (default: `T5DecoderStep(model)`); with a step of its own a
+    backend passes `model=None` and encoder outputs in whatever form its step takes.
+    """
+    if step is None:
+        if model is None:
+            raise ValueError("decode needs a model or a decoder step")
+        if model.training:
+            raise RuntimeError("decoding needs the model in eval mode (dropout off): call model.eval()")
+        step = T5DecoderStep(model)
     batch_size = encoder_hidden_states.shape[0]
     if streamer is not None and batch_size != 1:
         raise ValueError("streaming is for batch size 1")
+    if config.max_new_tokens < 1 or config.num_beams < 1:
+        raise ValueError(f"max_new_tokens and num_beams must be >= 1, got {config.max_new_tokens}, {config.num_beams}")
     started = time.perf_counter()
-    step = T5DecoderStep(model)
     cache = step.new_cache(encoder_hidden_states, encoder_mask, config.max_new_tokens, config.num_beams)
     if task_index is not None:
-        task_index = task_index.repeat_interleave(config.num_beams)
+        task_index = task_index.to(step.device).repeat_interleave(config.num_beams)
     search = _greedy if config.num_beams == 1 else _beam_search
-    sequences, token_probs = search(step, cache, task_index, batch_size, config, streamer, on_step)
+    sequences, token_probs = search(step, cache, task_index, batch_size, config, streamer, on_step, logits_processor)
 
-    eos = model.config.language.eos_token_id
-    is_eos = sequences == eos
+    is_eos = sequences == step.language.eos_token_id
     lengths = torch.where(is_eos.any(1), is_eos.int().argmax(1) + 1, sequences.shape[1]).tolist()
     width = max(lengths)
-    _synchronize(encoder_hidden_states.device)
+    _synchronize(step.device)
     return GenerationOutput(
         sequences=sequences[:, :width],
         token_probs=token_probs[:, :width],
@@ -233,34 +287,37 @@ def apply_repetition_penalty(scores: torch.Tensor, seen: torch.Tensor, penalty: 
     return torch.where(seen, penalised, scores)
 
 
-def _start(step: T5DecoderStep, rows: int, vocab_size: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+def _start(step: DecoderStep, rows: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Decoder start tokens [rows] and the [rows, vocab] mask of tokens seen so far (the start token)."""
-    start = step.model.config.language.decoder_start_token_id
+    start, device = step.language.decoder_start_token_id, step.device
     tokens = torch.full((rows,), start, dtype=torch.long, device=device)
-    seen = torch.zeros(rows, vocab_size, dtype=torch.bool, device=device)
+    seen = torch.zeros(rows, step.language.vocab_size, dtype=torch.bool, device=device)
     seen[:, start] = True
     return tokens, seen
 
 
 def _greedy(
-    step: T5DecoderStep,
-    cache: DecoderCache,
+    step: DecoderStep,
+    cache: StepCache,
     task_index: torch.Tensor | None,
     batch_size: int,
     config: GenerationConfig,
     streamer: Streamer | None,
     on_step: StepHook | None,
+    logits_processor: LogitsProcessor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    language = step.model.config.language
-    device, steps = cache.self_k.device, config.max_new_tokens
+    language = step.language
+    device, steps = step.device, config.max_new_tokens
     positions = torch.arange(steps, device=device)
-    tokens, seen = _start(step, batch_size, language.vocab_size, device)
+    tokens, seen = _start(step, batch_size)
     finished = torch.zeros(batch_size, dtype=torch.bool, device=device)
     sequences = torch.full((batch_size, steps), language.pad_token_id, dtype=torch.long, device=device)
     token_probs = torch.zeros(batch_size, steps, device=device)
     for t in range(steps):
-        logits = step(tokens, positions[t : t + 1], cache, task_index).float()
+        logits = step.forward(tokens, positions[t : t + 1], cache, task_index).float()
         scores = apply_repetition_penalty(logits, seen, config.repetition_penalty)
+        if logits_processor is not None:
+            scores = logits_processor(sequences[:, :t], scores)
         tokens = torch.where(finished, language.pad_token_id, scores.argmax(-1))
         probs = logits.softmax(-1).gather(1, tokens[:, None])[:, 0]
         sequences[:, t] = tokens
@@ -277,19 +334,20 @@ def _greedy(
 
 
 def _beam_search(
-    step: T5DecoderStep,
-    cache: DecoderCache,
+    step: DecoderStep,
+    cache: StepCache,
     task_index: torch.Tensor | None,
     batch_size: int,
     config: GenerationConfig,
     streamer: Streamer | None,
     on_step: StepHook | None,
+    logits_processor: LogitsProcessor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    language = step.model.config.language
-    device, steps, beams = cache.self_k.device, config.max_new_tokens, config.num_beams
+    language = step.language
+    device, steps, beams = step.device, config.max_new_tokens, config.num_beams
     vocab_size, rows, candidates = language.vocab_size, batch_size * beams, 2 * beams
     positions = torch.arange(steps, device=device)
-    tokens, seen = _start(step, rows, vocab_size, device)
+    tokens, seen = _start(step, rows)
 
     # Running beams and the best finished hypotheses, [B, beams, ...] each.
     running_seqs = torch.full((batch_size, beams, steps), language.pad_token_id, dtype=torch.long, device=device)
@@ -304,8 +362,10 @@ def _beam_search(
     row_offset = torch.arange(batch_size, device=device)[:, None] * beams
 
     for t in range(steps):
-        logits = step(tokens, positions[t : t + 1], cache, task_index).float()
+        logits = step.forward(tokens, positions[t : t + 1], cache, task_index).float()
         log_probs = apply_repetition_penalty(logits.log_softmax(-1), seen, config.repetition_penalty)
+        if logits_processor is not None:
+            log_probs = logits_processor(running_seqs[:, :, :t].reshape(rows, t), log_probs)
         scores = (log_probs.view(batch_size, beams, vocab_size) + running_scores[..., None]).flatten(1)
         top_scores, top_index = scores.topk(candidates)  # [B, 2 x beams] over beams x vocab
         source, top_tokens = top_index // vocab_size, top_index % vocab_size
