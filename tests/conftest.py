@@ -8,3 +8,12 @@ import random
 os.environ.setdefault("ROS_DOMAIN_ID", str(random.Random().randint(1, 101)))
 os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
 os.environ.setdefault("RMW_IMPLEMENTATION", "rmw_fastrtps_cpp")
+
+# The CI and dev machines have 2 shared cores: torch's intra-op threads on tiny test models cost
+# more in contention than they save (tiny-model ONNX export ran ~5x slower with 2 threads).
+try:
+    import torch
+
+    torch.set_num_threads(1)
+except ImportError:  # the library-only parts test without torch too
+    pass

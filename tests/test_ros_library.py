@@ -236,3 +236,18 @@ def test_make_runtime_dispatches_by_backend_name(tmp_path, monkeypatch):
     monkeypatch.setitem(runtime_factory.BACKEND_CLASSES, "pytorch", ("fake_backend", "FakeRuntime"))
     runtime = runtime_factory.make_runtime(NodeParams(model_path=str(tmp_path), device="cuda", precision="mixed"))
     assert isinstance(runtime, FakeRuntime) and calls == [(str(tmp_path), "cuda", "mixed")]
+
+
+def test_make_runtime_reports_missing_tensorrt_cleanly(tmp_path):
+    """The real TensorRT backend on a machine without tensorrt: a clear RuntimeUnavailable."""
+    import importlib.util
+
+    if importlib.util.find_spec("tensorrt") is not None:
+        pytest.skip("tensorrt is installed here; this checks the message where it is absent")
+    from tiny_lion import save_model_dir, tiny_model, tiny_tokenizers
+    from lion_ros.ros.runtime_factory import RuntimeUnavailable, make_runtime
+
+    tokenizers = tiny_tokenizers()
+    model_dir = save_model_dir(tmp_path / "m", tiny_model(tokenizers), tokenizers)
+    with pytest.raises(RuntimeUnavailable, match="(?i)tensorrt"):
+        make_runtime(NodeParams(model_path=str(model_dir), backend="tensorrt", device="cuda"))

@@ -38,5 +38,7 @@ def make_runtime(params: NodeParams) -> LionRuntime:
     kwargs = {precision_arg: params.precision} if precision_arg else {}
     try:
         return cls.from_pretrained(str(model_path), device=params.device, **kwargs)
-    except (FileNotFoundError, ValueError) as exc:
+    # ImportError: an optional dependency the backend needs at load (tensorrt, pycuda, a CUDA
+    # execution provider) is missing on this machine.
+    except (FileNotFoundError, ValueError, ImportError) as exc:
         raise RuntimeUnavailable(f"cannot load {model_path} with backend {params.backend}: {exc}") from exc
