@@ -2,6 +2,8 @@
 import os
 import random
 
+import pytest
+
 # Set before anything imports rclpy: the middleware reads these at rclpy.init(). A random
 # domain keeps concurrent test runs on one machine from discovering each other's nodes, and
 # LOCALHOST keeps discovery traffic on loopback.
@@ -17,3 +19,13 @@ try:
     torch.set_num_threads(1)
 except ImportError:  # the library-only parts test without torch too
     pass
+
+
+@pytest.fixture(scope="session")
+def model_dir(tmp_path_factory):
+    """A tiny random LION (lion-tiny + tokenizers trained on a few hundred sentences) saved in the
+    real model-directory format; built once per session. Tests must not modify it."""
+    from tiny_lion import save_model_dir, tiny_model, tiny_tokenizers
+
+    tokenizers = tiny_tokenizers()
+    return save_model_dir(tmp_path_factory.mktemp("tiny-lion") / "model", tiny_model(tokenizers), tokenizers)

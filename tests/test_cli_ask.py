@@ -11,13 +11,7 @@ import pytest
 
 from lion_ros.boxes import DEFAULT_CODEC
 from lion_ros.cli import ask
-from tiny_lion import rgb_image, save_model_dir, tiny_model, tiny_tokenizers
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory) -> Path:
-    tokenizers = tiny_tokenizers()
-    return save_model_dir(tmp_path_factory.mktemp("cli") / "model", tiny_model(tokenizers), tokenizers)
+from tiny_lion import rgb_image
 
 
 @pytest.fixture(scope="module")

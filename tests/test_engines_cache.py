@@ -16,7 +16,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from tiny_lion import save_model_dir, tiny_model, tiny_tokenizers
 
 from lion_ros.export import cli, engines
 from lion_ros.export.engines import (
@@ -31,20 +30,6 @@ from lion_ros.export.engines import (
 from lion_ros.model import LionModel
 
 FP32 = BuildConfig(precision="fp32")
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    tokenizers = tiny_tokenizers()
-    return save_model_dir(tmp_path_factory.mktemp("tiny"), tiny_model(tokenizers), tokenizers)
 
 
 @pytest.fixture(scope="module")

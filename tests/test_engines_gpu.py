@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from tiny_lion import rgb_image, save_model_dir, tiny_model, tiny_tokenizers
+from tiny_lion import rgb_image
 
 from lion_ros.api import TaskKind
 from lion_ros.export.engines import ProfileConfig, tensorrt_available
@@ -27,12 +27,6 @@ pytestmark = [
     pytest.mark.skipif(not tensorrt_available(), reason="TensorRT 10+ is not importable here (optional dependency)"),
 ]
 PROFILES = ProfileConfig(max_batch=1, max_beams=3, max_new_tokens=16, max_prompt_tokens=128)
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    tokenizers = tiny_tokenizers()
-    return save_model_dir(tmp_path_factory.mktemp("tiny"), tiny_model(tokenizers), tokenizers)
 
 
 @pytest.fixture(scope="module")

@@ -34,15 +34,6 @@ from lion_ros.model.generation import T5DecoderStep
 BATCH, BEAMS, STEPS = 3, 2, 6
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models: thread hand-offs cost more than the math, very much so on shared CI cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def random_model(preset: str, mode: str = "all", seed: int = 0) -> LionModel:
     torch.manual_seed(seed)
     model = LionModel(dataclasses.replace(LionConfig.preset(preset), visual_input=mode)).eval()

@@ -8,17 +8,10 @@ pytest.importorskip("rclpy", reason="rclpy comes from scripts/bootstrap.sh (make
 pytestmark = pytest.mark.ros
 
 from ros_harness import Harness, rgb_image  # noqa: E402
-from tiny_lion import save_model_dir, tiny_model, tiny_tokenizers  # noqa: E402
 
 from lion_ros.msg import ErrorCode  # noqa: E402
 from lion_ros.ros.params import NodeParams  # noqa: E402
 from lion_ros.ros.runtime_factory import make_runtime  # noqa: E402
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    tokenizers = tiny_tokenizers()
-    return save_model_dir(tmp_path_factory.mktemp("tiny-lion"), tiny_model(tokenizers), tokenizers)
 
 
 def ask_both(harness: Harness):

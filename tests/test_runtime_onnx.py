@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from tiny_lion import rgb_image, save_model_dir, tiny_model, tiny_tokenizers
+from tiny_lion import rgb_image
 
 from lion_ros.api import TaskKind
 from lion_ros.export.engines import EngineMetadata, EngineMismatchError
@@ -28,20 +28,6 @@ QUESTIONS = [
     ("What is in the image?", TaskKind.IMAGE),
     ("describe the blue bowl and include the coordinates", TaskKind.REGION),  # region, free text
 ]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    tokenizers = tiny_tokenizers()
-    return save_model_dir(tmp_path_factory.mktemp("tiny"), tiny_model(tokenizers), tokenizers)
 
 
 @pytest.fixture(scope="module")
