@@ -21,7 +21,7 @@ setup(
     license="Apache-2.0",
     python_requires=">=3.10",
     packages=find_packages(include=["lion_ros", "lion_ros.*"]),
-    package_data={"lion_ros": ["assets/**/*", "configs/*.yaml"]},
+    package_data={"lion_ros": ["assets/**/*", "configs/**/*.yaml"]},
     include_package_data=True,
     install_requires=[
         "transformers>=4.57,<6",
@@ -36,5 +36,14 @@ setup(
         "export": ["onnx>=1.16", "onnxruntime>=1.18"],
         "test": ["pytest>=8", "hypothesis>=6"],
     },
-    entry_points={"console_scripts": ["lion-ask-ros = lion_ros.ros.ask_client:main"]},
+    entry_points={
+        "console_scripts": [
+            "lion-ask-ros = lion_ros.ros.ask_client:main",
+            "lion-ask = lion_ros.cli.ask:main",
+            "lion-convert = lion_ros.cli.convert:main",
+            "lion-train = lion_ros.train.cli:main",
+            "lion-eval = lion_ros.eval.cli:main",
+            "lion-build-engines = lion_ros.export.cli:main",
+        ]
+    },
 )

@@ -1,0 +1,5 @@
+import sys
+
+from lion_ros.eval.cli import main
+
+sys.exit(main())

@@ -1,0 +1,208 @@
+"""`lion-eval`: run a model over held-out data and score it.
+
+    lion-eval --model DIR --split test --num 50 --out runs/eval/test
+    lion-eval --model DIR --split none --vqav2 questions.json annotations.json --image-root val2014 --out ...
+
+Sources: a synthetic split (canonical prompt of each task, `--num` scenes of 14 questions) and
+any public-format files given. Each image is encoded once and asked all its questions through
+the PyTorch runtime. Writes `metrics.json` (headline metrics, every per-task score, settings),
+`metrics.md` (the same as tables) and `predictions.jsonl`.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence
+
+import numpy as np
+from tqdm import tqdm
+
+from lion_ros.data.sample import Sample
+from lion_ros.eval.metrics import score_samples
+
+# Headline metric -> (task name, score key). Always present in the output: null when a source
+# has no samples of that task.
+HEADLINE: "OrderedDict[str, tuple[str, str]]" = OrderedDict(
+    [
+        ("rec_acc@0.5", ("rec", "accuracy")),
+        ("spatial_yesno_acc", ("yesno", "accuracy")),
+        ("counting_acc", ("count", "accuracy")),
+        ("attribute_acc", ("attribute", "accuracy")),
+        ("vqav2_acc", ("vqa", "accuracy")),
+        ("caption_cider", ("caption", "cider")),
+        ("reg_acc", ("reg", "accuracy")),
+        ("find_all_f1@0.5", ("find_all", "f1")),
+        ("grounded_caption_cider", ("grounded_caption", "cider")),
+    ]
+)
+
+
+@dataclass(frozen=True)
+class EvalSource:
+    name: str
+    samples: list[Sample]
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="lion-eval",
+        description="Score a LION model directory on the synthetic held-out splits and/or public-format "
+        "files: REC acc@IoU0.5, spatial yes/no, counting, attributes, VQAv2 accuracy, CIDEr.",
+    )
+    parser.add_argument("--model", required=True, help="model directory (config.json, model.safetensors, tokenizers)")
+    parser.add_argument("--split", default="test", choices=["test", "compositional", "none"],
+                        help="synthetic split to evaluate ('none': only the public files given)")
+    parser.add_argument("--num", type=int, default=100, help="synthetic scenes to evaluate (14 questions each)")
+    parser.add_argument("--out", required=True, help="output directory")
+    parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda:0")
+    parser.add_argument("--num-beams", type=int, default=1, help="beam width (1 = greedy)")
+    parser.add_argument("--max-new-tokens", type=int, default=200,
+                        help="long enough for a grounded caption of six objects")
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    parser.add_argument("--repetition-penalty", type=float, default=1.0,
+                        help="1.0 for exact box strings (the reference's 1.5 penalises repeated digits)")
+    parser.add_argument("--no-tags", action="store_true", help="ask without the scene tags")
+    parser.add_argument("--limit", type=int, default=0, help="at most this many samples per public file (0 = all)")
+    parser.add_argument("--image-root", default="", help="image folder of the public files")
+    parser.add_argument("--vqav2", nargs=2, metavar=("QUESTIONS", "ANNOTATIONS"), help="VQAv2 json pair")
+    parser.add_argument("--coco-captions", metavar="FILE", help="COCO captions json (scored by CIDEr)")
+    parser.add_argument("--refcoco", nargs=2, metavar=("REFS", "INSTANCES"), help="refer-style refs(..).p + instances.json")
+    parser.add_argument("--refcoco-split", default="val", help="split of --refcoco (val, testA, ...)")
+    parser.add_argument("--vsr", metavar="FILE", help="VSR jsonl (spatial yes/no)")
+    return parser.parse_args(argv)
+
+
+def synthetic_source(split: str, num_scenes: int) -> EvalSource:
+    from lion_ros.data.synthetic import SyntheticConfig, SyntheticDataset
+
+    dataset = SyntheticDataset(split, num_scenes, SyntheticConfig(prompt_variety=False), cache_size=1)
+    return EvalSource(f"synthetic-{split}", list(dataset))
+
+
+def public_sources(args: argparse.Namespace) -> list[EvalSource]:
+    from lion_ros.data import readers
+
+    root = args.image_root
+    loaders: list[tuple[str, Callable[[], Any]]] = []
+    if args.vqav2:
+        loaders.append(("vqav2", lambda: readers.read_vqav2(*args.vqav2, image_root=root)))
+    if args.coco_captions:
+        loaders.append(("coco-captions", lambda: readers.read_coco_captions(args.coco_captions, root, per_image=True)))
+    if args.refcoco:
+        loaders.append(("refcoco", lambda: readers.read_refcoco(*args.refcoco, split=args.refcoco_split, image_root=root)))
+    if args.vsr:
+        loaders.append(("vsr", lambda: readers.read_vsr(args.vsr, split=Path(args.vsr).stem, image_root=root)))
+    sources = []
+    for name, load in loaders:
+        samples = list(load())
+        sources.append(EvalSource(name, samples[: args.limit] if args.limit else samples))
+    return sources
+
+
+def load_image(sample: Sample) -> np.ndarray:
+    if sample.image is not None:
+        return sample.image
+    from PIL import Image
+
+    with Image.open(sample.image_path) as image:
+        return np.asarray(image.convert("RGB"))
+
+
+def image_key(sample: Sample) -> Any:
+    return id(sample.image) if sample.image is not None else sample.image_path
+
+
+def predict(runtime: Any, samples: Sequence[Sample], settings: Any, use_tags: bool, desc: str) -> dict[str, str]:
+    """Answer text per sample id; consecutive samples about one image share its encoding."""
+    predictions: dict[str, str] = {}
+    encoded, current = None, None
+    for sample in tqdm(samples, desc=desc, unit="q", dynamic_ncols=True):
+        key = image_key(sample)
+        if key != current:
+            encoded, current = runtime.encode_image(load_image(sample)), key
+        answer = runtime.answer(
+            encoded, sample.question, tags=sample.tags if use_tags else (), task=sample.task, settings=settings
+        )
+        predictions[sample.id] = answer.text
+    return predictions
+
+
+def headline(per_task: dict[str, dict[str, float]]) -> dict[str, Optional[float]]:
+    return {key: per_task.get(task, {}).get(metric) for key, (task, metric) in HEADLINE.items()}
+
+
+def markdown(report: dict[str, Any]) -> str:
+    lines = [f"# lion-eval: {report['model']}", ""]
+    settings = report["settings"]
+    lines.append("Settings: " + ", ".join(f"{k}={v}" for k, v in settings.items()))
+    lines.append("")
+    names = list(report["sources"])
+    lines += ["| metric | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+    for key in HEADLINE:
+        cells = []
+        for name in names:
+            value = report["sources"][name]["summary"][key]
+            cells.append("–" if value is None else f"{value:.3f}")
+        lines.append(f"| {key} | " + " | ".join(cells) + " |")
+    for name in names:
+        lines += ["", f"## {name} ({report['sources'][name]['num_samples']} questions)", "",
+                  "| task | metric | value |", "|---|---|---|"]
+        for task, scores in report["sources"][name]["per_task"].items():
+            for metric, value in scores.items():
+                lines.append(f"| {task} | {metric} | {value:.4g} |")
+    return "\n".join(lines) + "\n"
+
+
+def evaluate(runtime: Any, sources: Sequence[EvalSource], settings: Any, use_tags: bool, out_dir: Path,
+             model_name: str, extra_settings: dict[str, Any]) -> dict[str, Any]:
+    """Predict and score every source; write metrics.json, metrics.md and predictions.jsonl."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    report: dict[str, Any] = {"model": model_name, "settings": extra_settings, "sources": {}}
+    with (out_dir / "predictions.jsonl").open("w") as pred_file:
+        for source in sources:
+            started = time.time()
+            predictions = predict(runtime, source.samples, settings, use_tags, source.name)
+            per_task = score_samples(predictions, source.samples)
+            report["sources"][source.name] = {
+                "num_samples": len(source.samples),
+                "seconds": round(time.time() - started, 1),
+                "summary": headline(per_task),
+                "per_task": per_task,
+            }
+            for sample in source.samples:
+                pred_file.write(json.dumps({
+                    "source": source.name, "id": sample.id, "task": sample.task_name, "question": sample.question,
+                    "target": sample.answer, "prediction": predictions[sample.id],
+                }) + "\n")
+    (out_dir / "metrics.json").write_text(json.dumps(report, indent=2) + "\n")
+    (out_dir / "metrics.md").write_text(markdown(report))
+    return report
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = parse_args(argv)
+    import torch
+
+    from lion_ros.runtime.base import GenerationSettings
+    from lion_ros.runtime.pytorch import PyTorchRuntime
+
+    sources = ([synthetic_source(args.split, args.num)] if args.split != "none" else []) + public_sources(args)
+    if not sources:
+        raise SystemExit("nothing to evaluate: give --split test|compositional or a public-format file")
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    runtime = PyTorchRuntime.from_pretrained(args.model, device=args.device)
+    settings = GenerationSettings(
+        num_beams=args.num_beams, max_new_tokens=args.max_new_tokens, repetition_penalty=args.repetition_penalty
+    )
+    report = evaluate(
+        runtime, sources, settings, not args.no_tags, Path(args.out), str(args.model),
+        {"num_beams": args.num_beams, "max_new_tokens": args.max_new_tokens,
+         "repetition_penalty": args.repetition_penalty, "tags": not args.no_tags, "device": args.device},
+    )
+    print(markdown(report))
+    return 0

@@ -1,0 +1,191 @@
+"""Training configuration: one YAML file per stage, loaded into these dataclasses.
+
+Command-line overrides use dotted keys (`optim.lr=3e-4 run.output_dir=runs/x`); values are
+parsed as YAML so numbers, booleans and lists keep their types.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Optional, Sequence
+
+import yaml
+
+from lion_ros.data.synthetic import SyntheticConfig
+
+STAGES = ("stage0", "stage1", "stage2", "stage3", "mixed")
+INIT_KINDS = ("scratch", "pretrained", "handover")
+DISTRIBUTED_MODES = ("none", "ddp", "fsdp")
+
+
+@dataclass
+class TokenizerTraining:
+    """How to build nano tokenizers when `model.tokenizer_dir` does not exist yet."""
+
+    t5_vocab_size: int = 2048
+    qformer_vocab_size: int = 2048
+    corpus_scenes: int = 2000  # synthetic train scenes whose prompts and answers form the corpus
+
+
+@dataclass
+class ModelSection:
+    """Which model to build and with which tokenizers.
+
+    With `init.kind: scratch` the architecture is `preset` with its vocabulary sizes and the
+    soft-prompt token id taken from the tokenizers; otherwise it is the init checkpoint's
+    `config.json`, with `visual_input` set by the stage.
+    """
+
+    preset: str = "lion-nano"
+    tokenizer_dir: str = ""  # holds tokenizer/ and qformer_tokenizer/
+    train_tokenizer: Optional[TokenizerTraining] = None  # build tokenizer_dir if missing
+    dtype_policy: str = "fp32"  # LionConfig policy for training; "mixed" stores frozen ViT/T5 in half
+    gradient_checkpointing: bool = False
+
+
+@dataclass
+class InitSection:
+    """Where the weights come from.
+
+    scratch: random init. pretrained: copy every tensor of `path` whose name and shape match,
+    except those of `skip_groups` (`parameter_group` names), which keep their fresh init.
+    handover: the stage-3 model from the stage-1 (`image_stage`) and stage-2 (`region_stage`)
+    models, see `stages.handover`.
+    """
+
+    kind: str = "scratch"
+    path: str = ""
+    skip_groups: list[str] = field(default_factory=list)
+    image_stage: str = ""
+    region_stage: str = ""
+
+
+@dataclass
+class DataSection:
+    """Batches hold `images_per_batch` images with `questions_per_image` questions each: the
+    ViT and the aggregator run once per image, the Q-Former and T5 once per question."""
+
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+    num_scenes: int = 100_000  # size of the training scene pool (rendered on the fly)
+    images_per_batch: int = 8
+    questions_per_image: int = 4
+    max_prompt_tokens: int = 128  # official max_txt_len; T5 prompts are cut from the left
+    max_target_tokens: int = 128  # official max_output_txt_len; answers are cut from the right
+    tag_dropout: float = 0.0  # probability of giving a sample no tags (deployment without a tagger)
+    photometric: float = 0.0  # max relative brightness / contrast change; 0 disables
+    num_workers: int = 0
+
+
+@dataclass
+class OptimSection:
+    lr: float = 1e-4
+    min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio
+    weight_decay: float = 0.05
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    warmup_steps: int = 100
+    steps: int = 1000
+    grad_clip: float = 1.0
+
+
+@dataclass
+class RunSection:
+    output_dir: str = "runs/train"
+    seed: int = 0
+    device: str = "auto"  # auto: cuda if available, else cpu
+    bf16: bool = True  # autocast on CUDA only
+    threads: int = 0  # torch.set_num_threads on CPU; 0 leaves torch's default
+    log_every: int = 10
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 2
+    resume: str = ""  # a checkpoint directory, or "auto" for the latest one in output_dir
+    distributed: str = "none"  # none | ddp | fsdp (chosen automatically under torchrun: ddp)
+    max_minutes: float = 0.0  # stop (and save) after this much wall time; 0 = no limit
+
+
+@dataclass
+class TrainConfig:
+    stage: str = "stage0"
+    model: ModelSection = field(default_factory=ModelSection)
+    init: InitSection = field(default_factory=InitSection)
+    data: DataSection = field(default_factory=DataSection)
+    optim: OptimSection = field(default_factory=OptimSection)
+    run: RunSection = field(default_factory=RunSection)
+
+    def __post_init__(self) -> None:
+        if self.stage not in STAGES:
+            raise ValueError(f"stage must be one of {STAGES}, got {self.stage!r}")
+        if self.init.kind not in INIT_KINDS:
+            raise ValueError(f"init.kind must be one of {INIT_KINDS}, got {self.init.kind!r}")
+        if self.run.distributed not in DISTRIBUTED_MODES:
+            raise ValueError(f"run.distributed must be one of {DISTRIBUTED_MODES}")
+        if self.stage == "stage3" and self.init.kind != "handover":
+            raise ValueError("stage3 starts from the stage-1 and stage-2 models: set init.kind: handover")
+        if self.init.kind == "handover" and not (self.init.image_stage and self.init.region_stage):
+            raise ValueError("init.kind handover needs init.image_stage and init.region_stage")
+        if self.init.kind == "pretrained" and not self.init.path:
+            raise ValueError("init.kind pretrained needs init.path")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "TrainConfig":
+        return _build(cls, data)
+
+    @classmethod
+    def load(cls, path: str | Path, overrides: Sequence[str] = ()) -> "TrainConfig":
+        data = yaml.safe_load(Path(path).read_text()) or {}
+        for item in overrides:
+            apply_override(data, item)
+        return cls.from_dict(data)
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+
+def apply_override(data: dict[str, Any], item: str) -> None:
+    """Set `a.b.c=value` in a nested dict; the value is parsed as YAML."""
+    key, sep, value = item.partition("=")
+    if not sep or not key:
+        raise ValueError(f"override {item!r} is not of the form key.sub=value")
+    *parents, leaf = key.split(".")
+    node = data
+    for part in parents:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ValueError(f"override {item!r}: {part!r} is not a section")
+    node[leaf] = yaml.safe_load(value)
+
+
+def _build(cls: type, data: Mapping[str, Any] | None) -> Any:
+    """A (nested) dataclass from a dict, rejecting unknown keys so that typos fail loudly."""
+    if cls is SyntheticConfig:
+        return SyntheticConfig.from_dict(data or {})
+    data = dict(data or {})
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = set(data) - set(fields)
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} keys: {sorted(unknown)}")
+    kwargs = {}
+    for name, value in data.items():
+        sub = _dataclass_type(fields[name].type)
+        if sub is not None and value is not None:
+            value = _build(sub, value)
+        elif isinstance(value, list) and name == "betas":
+            value = tuple(value)
+        kwargs[name] = value
+    return cls(**kwargs)
+
+
+_SECTIONS = {
+    c.__name__: c
+    for c in (TokenizerTraining, ModelSection, InitSection, DataSection, OptimSection, RunSection, SyntheticConfig)
+}
+
+
+def _dataclass_type(annotation: Any) -> Optional[type]:
+    # Annotations are strings under `from __future__ import annotations`.
+    text = str(annotation).replace("Optional[", "").rstrip("]")
+    return _SECTIONS.get(text)

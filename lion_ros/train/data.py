@@ -1,0 +1,195 @@
+"""Training batches: images with several questions each, tokenised for T5 and the Q-Former.
+
+Batch composition is a pure function of (seed, epoch, batch number, rank): the scene order comes
+from `DistributedSampler` (each rank its own shard) and the questions of a scene from a
+generator seeded with the scene index, so a resumed run sees exactly the batches an
+uninterrupted one would, whatever `num_workers` is.
+
+Augmentation is photometric only (brightness and contrast, no hue: colour names are targets).
+Geometric augmentation is deliberately absent: a flip or crop would have to rewrite every box
+and also the text that encodes geometry ("left of", captions and box lists ordered left to
+right, counts of objects cut by a crop), and synthetic scenes are unlimited anyway.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator, Optional, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, DistributedSampler
+
+from lion_ros.api import TaskKind
+from lion_ros.data.sample import Sample
+from lion_ros.data.synthetic import SyntheticDataset
+from lion_ros.preprocess import PreprocessConfig, preprocess_image
+from lion_ros.prompts import build_qformer_prompt, build_t5_prompt
+from lion_ros.tokenization import LionTokenizers
+
+from .config import DataSection
+
+# Which router rows a stage trains on: stage 1 is image-level data, stage 2 region-level data.
+STAGE_TASKS: dict[str, tuple[TaskKind, ...]] = {
+    "stage0": (TaskKind.REGION, TaskKind.IMAGE),
+    "stage1": (TaskKind.IMAGE,),
+    "stage2": (TaskKind.REGION,),
+    "stage3": (TaskKind.REGION, TaskKind.IMAGE),
+    "mixed": (TaskKind.REGION, TaskKind.IMAGE),
+}
+
+
+@dataclass
+class TrainBatch:
+    """One step's tensors. Question i is about image `image_index[i]`."""
+
+    pixel_values: torch.Tensor  # [I, 3, S, S]
+    image_index: torch.Tensor  # [B]
+    input_ids: torch.Tensor  # [B, T] T5 prompt, right-padded
+    attention_mask: torch.Tensor
+    qformer_input_ids: torch.Tensor  # [B, Q]
+    qformer_attention_mask: torch.Tensor
+    labels: torch.Tensor  # [B, L], -100 at padding
+    task_index: torch.Tensor  # [B] router rows (TaskKind)
+
+    def to(self, device: torch.device) -> "TrainBatch":
+        return TrainBatch(**{k: v.to(device, non_blocking=True) for k, v in vars(self).items()})
+
+    @property
+    def num_questions(self) -> int:
+        return self.input_ids.shape[0]
+
+
+class Collator:
+    """Turns (image, samples) groups into a `TrainBatch`."""
+
+    def __init__(
+        self, tokenizers: LionTokenizers, config: DataSection, preprocess: PreprocessConfig, qformer_max_tokens: int
+    ) -> None:
+        self.tokenizers = tokenizers
+        self.config = config
+        self.preprocess = preprocess
+        # The Q-Former's text positions are learned embeddings: never exceed their number.
+        self.qformer_max_tokens = min(config.max_prompt_tokens, qformer_max_tokens)
+
+    def __call__(self, groups: Sequence[tuple[np.ndarray, list[Sample]]], rng: np.random.Generator) -> TrainBatch:
+        pixels, image_index, samples = [], [], []
+        for i, (image, group) in enumerate(groups):
+            pixels.append(preprocess_image(self._photometric(image, rng), self.preprocess))
+            image_index += [i] * len(group)
+            samples += group
+        drop = rng.random(len(samples)) < self.config.tag_dropout
+        t5_prompts = [build_t5_prompt(s.question, None if d else s.tags) for s, d in zip(samples, drop)]
+        t5 = self.tokenizers.t5(
+            t5_prompts, padding="longest", truncation=True, max_length=self.config.max_prompt_tokens,
+            return_tensors="pt",
+        )
+        qformer = self.tokenizers.qformer(
+            [build_qformer_prompt(s.question) for s in samples], padding="longest", truncation=True,
+            max_length=self.qformer_max_tokens, return_tensors="pt",
+        )
+        return TrainBatch(
+            pixel_values=torch.from_numpy(np.stack(pixels)),
+            image_index=torch.tensor(image_index, dtype=torch.long),
+            input_ids=t5["input_ids"],
+            attention_mask=t5["attention_mask"],
+            qformer_input_ids=qformer["input_ids"],
+            qformer_attention_mask=qformer["attention_mask"],
+            labels=self.labels([s.answer for s in samples]),
+            task_index=torch.tensor([int(s.task) for s in samples], dtype=torch.long),
+        )
+
+    def labels(self, answers: Sequence[str]) -> torch.Tensor:
+        """Answer ids ending in EOS, cut from the right (the T5 tokenizer cuts prompts from the
+        left, so targets are truncated here), padded with -100."""
+        eos = self.tokenizers.t5.eos_token_id
+        limit = self.config.max_target_tokens
+        rows = [ids[: limit - 1] + [eos] if len(ids) > limit else ids
+                for ids in self.tokenizers.t5(list(answers))["input_ids"]]
+        out = torch.full((len(rows), max(map(len, rows))), -100, dtype=torch.long)
+        for i, ids in enumerate(rows):
+            out[i, : len(ids)] = torch.tensor(ids)
+        return out
+
+    def _photometric(self, image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        strength = self.config.photometric
+        if strength <= 0:
+            return image
+        gain, contrast = 1 + rng.uniform(-strength, strength, 2)
+        mean = image.mean()
+        out = (image.astype(np.float32) - mean) * contrast + mean * gain
+        return np.clip(out, 0, 255).astype(np.uint8)
+
+
+class SyntheticBatches(Dataset):
+    """Batch `k` of one epoch on one rank; map-style so a DataLoader can prefetch in workers."""
+
+    def __init__(
+        self,
+        config: DataSection,
+        collator: Collator,
+        tasks: Sequence[TaskKind],
+        seed: int,
+        rank: int = 0,
+        world_size: int = 1,
+        source: Optional[SyntheticDataset] = None,
+    ) -> None:
+        self.config = config
+        self.collator = collator
+        self.tasks = frozenset(tasks)
+        self.seed = seed
+        self.source = source or SyntheticDataset("train", config.num_scenes, config.synthetic, cache_size=1)
+        self.sampler = DistributedSampler(
+            range(self.source.num_scenes), num_replicas=world_size, rank=rank, shuffle=True, seed=seed,
+            drop_last=True,
+        )
+        self.epoch = -1
+        self.order: list[int] = []
+        self.set_epoch(0)
+
+    def set_epoch(self, epoch: int) -> None:
+        if epoch != self.epoch:
+            self.epoch = epoch
+            self.sampler.set_epoch(epoch)
+            self.order = list(self.sampler)
+
+    def __len__(self) -> int:
+        return len(self.order) // self.config.images_per_batch
+
+    def __getitem__(self, k: int) -> TrainBatch:
+        per = self.config.images_per_batch
+        groups = [self._group(scene) for scene in self.order[k * per : (k + 1) * per]]
+        return self.collator(groups, np.random.default_rng([self.seed, self.epoch, k, 1]))
+
+    def _group(self, scene_index: int) -> tuple[np.ndarray, list[Sample]]:
+        samples = [s for s in self.source.scene_samples(scene_index) if s.task in self.tasks]
+        rng = np.random.default_rng([self.seed, self.epoch, scene_index])
+        n = min(self.config.questions_per_image, len(samples))
+        chosen = [samples[i] for i in sorted(rng.choice(len(samples), size=n, replace=False))]
+        return self.source.scene(scene_index).rgb, chosen
+
+
+class BatchStream:
+    """Endless batches starting at global step `start_step`, crossing epochs as needed."""
+
+    def __init__(self, dataset: SyntheticBatches, start_step: int, num_workers: int, seed: int) -> None:
+        if len(dataset) == 0:
+            raise ValueError("the training scene pool is smaller than one batch per rank")
+        self.dataset = dataset
+        self.step = start_step
+        self.num_workers = num_workers
+        self.seed = seed
+
+    def __iter__(self) -> Iterator[TrainBatch]:
+        while True:
+            epoch, offset = divmod(self.step, len(self.dataset))
+            self.dataset.set_epoch(epoch)
+            loader = torch.utils.data.DataLoader(
+                self.dataset, batch_size=None, sampler=range(offset, len(self.dataset)),
+                num_workers=self.num_workers, persistent_workers=False,
+                # Worker seeds come from this generator, not the global RNG, so starting a loader
+                # does not shift the dropout masks of the training step (exact resume).
+                generator=torch.Generator().manual_seed(self.seed + epoch),
+            )
+            for batch in loader:
+                self.step += 1
+                yield batch

@@ -1,0 +1,323 @@
+"""The training loop: one stage, one process or many (torchrun: DDP or FSDP).
+
+Output directory layout:
+    <output_dir>/train_config.yaml    the resolved configuration
+    <output_dir>/log.csv              step, losses, lr, grad norm, throughput (rank 0)
+    <output_dir>/tb/                  TensorBoard scalars (rank 0)
+    <output_dir>/checkpoints/step-N/  config.json, model.safetensors, trainer_state.pt, rng-rank*.pt
+    <output_dir>/model/               the final model: config.json, model.safetensors, tokenizers
+"""
+from __future__ import annotations
+
+import csv
+import logging
+import math
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from lion_ros.api import TaskKind
+from lion_ros.model.lion import ImageFeatures, LionModel
+from lion_ros.preprocess import PreprocessConfig
+from lion_ros.tokenization import LionTokenizers
+
+from . import distributed as dist_utils
+from .config import TrainConfig
+from .data import STAGE_TASKS, BatchStream, Collator, SyntheticBatches, TrainBatch
+from .stages import apply_freeze_policy, build_model, set_train_mode
+from .tokenizers import prepare_tokenizers
+
+log = logging.getLogger(__name__)
+
+CHECKPOINTS_DIR = "checkpoints"
+FINAL_DIR = "model"
+STATE_NAME = "trainer_state.pt"
+
+
+class TrainingModule(nn.Module):
+    """Per-token losses for a `TrainBatch`; the module DDP/FSDP wrap.
+
+    The ViT and the aggregator run once per image and their features are gathered for each
+    question, so several questions about one image cost one image encoding.
+    """
+
+    def __init__(self, lion: LionModel) -> None:
+        super().__init__()
+        self.lion = lion
+
+    def forward(self, batch: TrainBatch) -> torch.Tensor:
+        lion = self.lion
+        features = lion.encode_image(batch.pixel_values)
+        features = ImageFeatures(
+            *(None if t is None else t.index_select(0, batch.image_index)
+              for t in (features.qformer_input, features.aggregator_tokens))
+        )
+        out = lion(
+            input_ids=batch.input_ids,
+            attention_mask=batch.attention_mask,
+            task_index=batch.task_index,
+            image_features=features,
+            qformer_input_ids=batch.qformer_input_ids,
+            qformer_attention_mask=batch.qformer_attention_mask,
+            decoder_input_ids=lion.language_model._shift_right(batch.labels),
+        )
+        # [B, L]; the official loss is the mean over all answer tokens of the batch.
+        return F.cross_entropy(out.logits.float().transpose(1, 2), batch.labels, ignore_index=-100, reduction="none")
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """AdamW groups: no decay on 1-D parameters (biases, norms, scales, soft prompt) and on the
+    router gates, which are per-channel gains like norm weights; decay elsewhere."""
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        if param.ndim < 2 or name.endswith(".bias") or "router_ratio" in name or "norm" in name:
+            no_decay.append(param)
+        else:
+            decay.append(param)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def lr_lambda(warmup_steps: int, total_steps: int, min_ratio: float):
+    """Linear warm-up to 1, then cosine decay to `min_ratio` at `total_steps`."""
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return factor
+
+
+@dataclass
+class TrainResult:
+    step: int
+    final_loss: float  # mean over ranks at the last logged step
+    model_dir: Optional[Path]  # rank 0 only
+    seconds: float
+    model: LionModel  # this rank's trained model (full weights except under FSDP)
+
+
+def train(config: TrainConfig) -> TrainResult:
+    """Run one stage to `optim.steps` (or `run.max_minutes`) and save the final model."""
+    start_time = time.time()
+    configure_threads(config.run.threads)
+    env = dist_utils.setup(config.run)
+    torch.manual_seed(config.run.seed + env.rank)
+    out_dir = Path(config.run.output_dir)
+    if env.is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        config.save(out_dir / "train_config.yaml")
+
+    tokenizers = prepare_tokenizers(config.model, config.data.synthetic, env)
+    lion = build_model(config, tokenizers)
+    lion.apply_dtype_policy(env.device, config.model.dtype_policy)
+    counts = apply_freeze_policy(lion, config.stage)
+    if config.model.gradient_checkpointing:
+        enable_gradient_checkpointing(lion)
+
+    resume_dir = find_resume(config.run.resume, out_dir)
+    if resume_dir is not None:
+        lion.load_checkpoint(resume_dir)  # before wrapping, so FSDP shards the resumed weights
+    lion.to(env.device)
+    module = dist_utils.wrap(TrainingModule(lion), config.run, env)
+    optimizer = torch.optim.AdamW(
+        param_groups(module, config.optim.weight_decay), lr=config.optim.lr, betas=config.optim.betas,
+        eps=config.optim.eps,
+    )
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lr_lambda(config.optim.warmup_steps, config.optim.steps, config.optim.min_lr_ratio)
+    )
+    step = 0
+    if resume_dir is not None:
+        step = load_trainer_state(resume_dir, module, optimizer, scheduler, env)
+        log.info("resumed from %s at step %d", resume_dir, step)
+
+    collator = Collator(
+        tokenizers, config.data, PreprocessConfig(image_size=lion.config.vision.image_size),
+        qformer_max_tokens=lion.config.qformer.max_position_embeddings,
+    )
+    dataset = SyntheticBatches(
+        config.data, collator, STAGE_TASKS[config.stage], config.run.seed, env.rank, env.world_size
+    )
+    stream = iter(BatchStream(dataset, step, config.data.num_workers, seed=config.run.seed))
+    if env.is_main:
+        log.info("stage %s, trainable parameters: %s", config.stage, counts)
+
+    logger = MetricLogger(out_dir, enabled=env.is_main, resume_step=step)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=env.device.type == "cuda" and config.run.bf16)
+    set_train_mode(module, lion, config.stage)
+    progress = tqdm(total=config.optim.steps, initial=step, disable=not env.is_main, desc=config.stage, dynamic_ncols=True)
+    loss_value = float("nan")
+    window_start, window_samples = time.time(), 0
+    while step < config.optim.steps:
+        batch = next(stream).to(env.device)
+        # The routers read the task index from the model while T5 runs; holding it through
+        # backward lets gradient checkpointing recompute routed blocks.
+        with lion.route(batch.task_index):
+            with autocast:
+                token_loss = module(batch)
+            mask = batch.labels != -100
+            loss = token_loss.sum() / mask.sum()
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+        grad_norm = dist_utils.clip_grad_norm(module, config.optim.grad_clip)
+        optimizer.step()
+        scheduler.step()
+        step += 1
+        window_samples += batch.num_questions * env.world_size
+        progress.update(1)
+
+        if step % config.run.log_every == 0 or step == config.optim.steps:
+            stats = _loss_stats(token_loss.detach(), mask, batch.task_index)
+            stats = dist_utils.mean_over_ranks(stats, env)
+            loss_value = stats["loss"]
+            elapsed = time.time() - window_start
+            stats.update(lr=scheduler.get_last_lr()[0], grad_norm=float(grad_norm),
+                         samples_per_s=window_samples / max(elapsed, 1e-9), elapsed_s=time.time() - start_time)
+            logger.log(step, stats)
+            progress.set_postfix(loss=f"{loss_value:.3f}", lr=f"{stats['lr']:.2e}")
+            window_start, window_samples = time.time(), 0
+
+        out_of_time = config.run.max_minutes > 0 and (time.time() - start_time) > 60 * config.run.max_minutes
+        out_of_time = dist_utils.any_rank(out_of_time, env)
+        if step % config.run.checkpoint_every == 0 or out_of_time:
+            save_checkpoint(out_dir, step, module, lion, tokenizers, optimizer, scheduler, config, env)
+        if out_of_time:
+            log.warning("stopping at step %d: run.max_minutes=%s reached", step, config.run.max_minutes)
+            break
+    progress.close()
+    logger.close()
+
+    model_dir = out_dir / FINAL_DIR
+    with dist_utils.full_weights(module, env):
+        if env.is_main:
+            lion.save_pretrained(model_dir)
+            tokenizers.save(model_dir)
+            config.save(model_dir / "train_config.yaml")
+    dist_utils.barrier(env)
+    dist_utils.teardown(env)
+    return TrainResult(step=step, final_loss=loss_value, model_dir=model_dir if env.is_main else None,
+                       seconds=time.time() - start_time, model=lion)
+
+
+def enable_gradient_checkpointing(lion: LionModel) -> None:
+    """Recompute ViT, Q-Former and T5 layer activations in backward (transformers' layers)."""
+    for name in ("vision_model", "qformer", "language_model"):
+        part = getattr(lion, name, None)
+        if part is not None:
+            part.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+
+def _loss_stats(token_loss: torch.Tensor, mask: torch.Tensor, task_index: torch.Tensor) -> dict[str, float]:
+    stats = {"loss": float(token_loss.sum() / mask.sum())}
+    for kind in TaskKind:
+        rows = task_index == int(kind)
+        tokens = mask[rows].sum()
+        stats[f"loss_{kind.name.lower()}"] = float(token_loss[rows].sum() / tokens) if tokens > 0 else float("nan")
+    return stats
+
+
+class MetricLogger:
+    """CSV + TensorBoard scalars on rank 0."""
+
+    FIELDS = ("step", "loss", "loss_region", "loss_image", "lr", "grad_norm", "samples_per_s", "elapsed_s")
+
+    def __init__(self, out_dir: Path, enabled: bool, resume_step: int) -> None:
+        self.enabled = enabled
+        if not enabled:
+            return
+        path = out_dir / "log.csv"
+        new = resume_step == 0 or not path.exists()
+        self.file = path.open("w" if new else "a", newline="")
+        self.csv = csv.DictWriter(self.file, fieldnames=self.FIELDS)
+        if new:
+            self.csv.writeheader()
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.tb = SummaryWriter(str(out_dir / "tb"), purge_step=resume_step or None)
+
+    def log(self, step: int, stats: dict[str, float]) -> None:
+        if not self.enabled:
+            return
+        row = {"step": step, **{k: f"{stats[k]:.6g}" for k in self.FIELDS[1:]}}
+        self.csv.writerow(row)
+        self.file.flush()
+        for key, value in stats.items():
+            if not math.isnan(value):
+                self.tb.add_scalar(f"train/{key}", value, step)
+
+    def close(self) -> None:
+        if self.enabled:
+            self.file.close()
+            self.tb.close()
+
+
+def save_checkpoint(
+    out_dir: Path, step: int, module: nn.Module, lion: LionModel, tokenizers: LionTokenizers,
+    optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LRScheduler, config: TrainConfig,
+    env: dist_utils.DistEnv,
+) -> None:
+    """Model + optimizer + scheduler + step + every rank's RNG, then prune old checkpoints.
+
+    The tokenizers go along so that a checkpoint is a model directory `lion-eval` can read."""
+    ckpt = out_dir / CHECKPOINTS_DIR / f"step-{step:07d}"
+    optim_state = dist_utils.optimizer_state(module, optimizer, env)
+    with dist_utils.full_weights(module, env):
+        if env.is_main:
+            lion.save_pretrained(ckpt)
+            tokenizers.save(ckpt)
+            torch.save({"step": step, "optimizer": optim_state, "scheduler": scheduler.state_dict()}, ckpt / STATE_NAME)
+    dist_utils.barrier(env)
+    rng = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        rng["cuda"] = torch.cuda.get_rng_state_all()
+    torch.save(rng, ckpt / f"rng-rank{env.rank}.pt")
+    dist_utils.barrier(env)
+    if env.is_main:
+        (ckpt / "DONE").touch()  # a crash mid-save leaves no DONE: such a directory is never resumed
+        done = sorted(p for p in (out_dir / CHECKPOINTS_DIR).glob("step-*") if (p / "DONE").exists())
+        for old in done[: -config.run.keep_checkpoints]:
+            shutil.rmtree(old)
+
+
+def load_trainer_state(
+    ckpt: Path, module: nn.Module, optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler, env: dist_utils.DistEnv,
+) -> int:
+    state = torch.load(ckpt / STATE_NAME, map_location="cpu", weights_only=True)
+    dist_utils.load_optimizer_state(module, optimizer, state["optimizer"], env)
+    scheduler.load_state_dict(state["scheduler"])
+    rng_file = ckpt / f"rng-rank{env.rank}.pt"
+    if rng_file.exists():
+        rng = torch.load(rng_file, weights_only=True)
+        torch.set_rng_state(rng["torch"])
+        if "cuda" in rng and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(rng["cuda"])
+    return int(state["step"])
+
+
+def find_resume(resume: str, out_dir: Path) -> Optional[Path]:
+    """`run.resume`: "" (fresh), "auto" (latest complete checkpoint in out_dir, if any) or a path."""
+    if not resume:
+        return None
+    if resume != "auto":
+        return Path(resume)
+    done = sorted(p for p in (out_dir / CHECKPOINTS_DIR).glob("step-*") if (p / "DONE").exists())
+    return done[-1] if done else None
+
+
+def configure_threads(threads: int) -> None:
+    if threads > 0:
+        torch.set_num_threads(threads)
+        os.environ.setdefault("OMP_NUM_THREADS", str(threads))

@@ -1,0 +1,68 @@
+"""lion-eval: report layout with a stub runtime, and the CLI end to end on a random lion-tiny."""
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from lion_ros.api import Answer
+from lion_ros.data.synthetic import SyntheticConfig
+from lion_ros.eval.cli import HEADLINE, evaluate, main, synthetic_source
+from lion_ros.model import LionConfig, LionModel
+from lion_ros.train.config import TokenizerTraining
+from lion_ros.train.tokenizers import build_nano_tokenizers
+
+
+class EchoRuntime:
+    """Answers every question with a fixed text; counts image encodings."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.encoded = 0
+
+    def encode_image(self, rgb: np.ndarray) -> object:
+        self.encoded += 1
+        return object()
+
+    def answer(self, image: object, question: str, *, tags=(), task=None, settings=None) -> Answer:
+        return Answer(text=self.text, task=task)
+
+
+def test_report_has_every_metric_and_encodes_each_image_once(tmp_path: Path) -> None:
+    runtime = EchoRuntime("Answer: [0.100,0.100,0.500,0.500]")
+    source = synthetic_source("test", 2)
+    report = evaluate(runtime, [source], None, True, tmp_path, "stub", {"num_beams": 1})
+    assert runtime.encoded == 2
+    written = json.loads((tmp_path / "metrics.json").read_text())
+    summary = written["sources"]["synthetic-test"]["summary"]
+    assert list(summary) == list(HEADLINE)
+    assert summary["vqav2_acc"] is None  # no VQAv2 samples in the synthetic split
+    assert all(0.0 <= summary[k] <= 1.0 for k in ("rec_acc@0.5", "spatial_yesno_acc", "counting_acc", "attribute_acc"))
+    markdown = (tmp_path / "metrics.md").read_text()
+    assert all(key in markdown for key in HEADLINE)
+    lines = (tmp_path / "predictions.jsonl").read_text().splitlines()
+    assert len(lines) == len(source.samples) == report["sources"]["synthetic-test"]["num_samples"]
+
+
+def test_cli_on_a_random_tiny_model(tmp_path: Path) -> None:
+    pytest.importorskip("lion_ros.runtime.pytorch")
+    tokenizers = build_nano_tokenizers(TokenizerTraining(300, 300, corpus_scenes=10), SyntheticConfig())
+    config = LionConfig.preset("lion-tiny")
+    config = dataclasses.replace(
+        config,
+        language=dataclasses.replace(config.language, vocab_size=len(tokenizers.t5),
+                                     soft_prompt_token_id=tokenizers.tag_token_id),
+        qformer=dataclasses.replace(config.qformer, vocab_size=len(tokenizers.qformer), max_position_embeddings=128),
+    )
+    model_dir = tmp_path / "model"
+    LionModel(config).save_pretrained(model_dir)
+    tokenizers.save(model_dir)
+    out = tmp_path / "eval"
+    assert main(["--model", str(model_dir), "--split", "compositional", "--num", "1", "--out", str(out),
+                 "--max-new-tokens", "4"]) == 0
+    summary = json.loads((out / "metrics.json").read_text())["sources"]["synthetic-compositional"]["summary"]
+    assert list(summary) == list(HEADLINE)
+    assert (out / "metrics.md").exists()

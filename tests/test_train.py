@@ -1,0 +1,226 @@
+"""Training pipeline on lion-tiny: loss goes down, exact resume, freeze policies, the stage-3
+hand-over and a 2-process gloo DDP run. Each test runs a handful of steps on CPU."""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import os
+import socket
+from pathlib import Path
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from lion_ros.api import TaskKind
+from lion_ros.data.synthetic import SyntheticConfig
+from lion_ros.model import LionConfig, LionModel, parameter_group
+from lion_ros.tokenization import LionTokenizers
+from lion_ros.train import TRAINABLE_GROUPS, TrainConfig, apply_freeze_policy, handover, train
+from lion_ros.train.config import TokenizerTraining
+from lion_ros.train.tokenizers import build_nano_tokenizers
+
+STAGE_MODES = {"stage1": "qformer", "stage2": "aggregator"}
+
+
+@pytest.fixture(scope="module")
+def tokenizer_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    directory = tmp_path_factory.mktemp("tokenizers")
+    build_nano_tokenizers(TokenizerTraining(t5_vocab_size=300, qformer_vocab_size=300, corpus_scenes=40),
+                          SyntheticConfig()).save(directory)
+    return directory
+
+
+def tiny_config(tokenizer_dir: Path, out: Path, **sections: dict) -> TrainConfig:
+    data = {
+        "stage": "stage0",
+        "model": {"preset": "lion-tiny", "tokenizer_dir": str(tokenizer_dir)},
+        "data": {"num_scenes": 64, "images_per_batch": 2, "questions_per_image": 2},
+        "optim": {"lr": 3e-3, "warmup_steps": 1, "steps": 4},
+        "run": {"output_dir": str(out), "log_every": 1, "checkpoint_every": 1000, "threads": 1},
+    }
+    for name, values in sections.items():
+        data[name] = {**data.get(name, {}), **values} if isinstance(values, dict) else values
+    return TrainConfig.from_dict(data)
+
+
+def logged_losses(out: Path) -> dict[int, float]:
+    with (out / "log.csv").open() as f:
+        return {int(row["step"]): float(row["loss"]) for row in csv.DictReader(f)}
+
+
+def tensors(model: LionModel) -> dict[str, torch.Tensor]:
+    return {name: t.detach().clone() for name, t in model.checkpoint_tensors().items()}
+
+
+def test_a_few_steps_reduce_the_loss(tokenizer_dir: Path, tmp_path: Path) -> None:
+    train(tiny_config(tokenizer_dir, tmp_path, optim={"steps": 12}))
+    losses = list(logged_losses(tmp_path).values())
+    assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3 - 0.5
+    assert (tmp_path / "model" / "model.safetensors").exists()
+    assert LionTokenizers.load(tmp_path / "model").tag_token_id == LionModel.from_pretrained(
+        tmp_path / "model").config.language.soft_prompt_token_id
+
+
+def test_resume_reproduces_the_next_step_loss(tokenizer_dir: Path, tmp_path: Path) -> None:
+    full, resumed = tmp_path / "full", tmp_path / "resumed"
+    run = {"checkpoint_every": 2, "keep_checkpoints": 5}
+    train(tiny_config(tokenizer_dir, full, run=run))
+    checkpoint = full / "checkpoints" / "step-0000002"
+    assert (checkpoint / "DONE").exists()
+    train(tiny_config(tokenizer_dir, resumed, run={**run, "resume": str(checkpoint)}))
+    expected, got = logged_losses(full), logged_losses(resumed)
+    assert sorted(got) == [3, 4]
+    for step in (3, 4):
+        assert got[step] == pytest.approx(expected[step], rel=1e-6, abs=1e-6)
+
+
+@pytest.fixture(scope="module")
+def stage0_dir(tokenizer_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("stage0")
+    train(tiny_config(tokenizer_dir, out, optim={"steps": 1}))
+    return out / "model"
+
+
+@pytest.mark.parametrize("stage", ["stage1", "stage2"])
+def test_stage_trains_exactly_its_parameter_groups(stage: str, tokenizer_dir: Path, stage0_dir: Path,
+                                                   tmp_path: Path) -> None:
+    before = LionModel(dataclasses.replace(LionConfig.load(stage0_dir / "config.json"), visual_input=STAGE_MODES[stage]))
+    from lion_ros.train.stages import load_matching
+
+    load_matching(before, stage0_dir, skip_groups=["adapters", "router"])
+    initial = tensors(before)
+    result = train(tiny_config(tokenizer_dir, tmp_path, stage=stage, optim={"steps": 3},
+                               init={"kind": "pretrained", "path": str(stage0_dir), "skip_groups": ["adapters", "router"]}))
+    assert result.model.config.visual_input == STAGE_MODES[stage]
+    changed: set[str] = set()
+    for name, tensor in tensors(result.model).items():
+        group = parameter_group(name)
+        same = torch.equal(tensor, initial[name])
+        if group in TRAINABLE_GROUPS[stage]:
+            if not same:
+                changed.add(group)
+        else:
+            # Frozen: bit-identical to the stage-0 weights (ViT, T5, soft prompt).
+            assert same, f"{stage} changed frozen {name}"
+    present = {parameter_group(n) for n in initial}
+    assert changed == TRAINABLE_GROUPS[stage] & present
+
+
+def test_freeze_policy_groups() -> None:
+    model = LionModel(LionConfig.preset("lion-tiny"))
+    for stage, groups in TRAINABLE_GROUPS.items():
+        apply_freeze_policy(model, stage)
+        trainable = {parameter_group(n) for n, p in model.named_parameters() if p.requires_grad}
+        assert trainable == groups
+    assert "vit" not in TRAINABLE_GROUPS["stage3"] and "t5" not in TRAINABLE_GROUPS["stage3"]
+
+
+def _stage_models(tmp_path: Path) -> tuple[LionModel, LionModel, Path, Path]:
+    """Stage-1 and stage-2 tiny models sharing ViT/T5/soft prompt, with non-zero adapters."""
+    base = LionConfig.preset("lion-tiny")
+    torch.manual_seed(0)
+    image = LionModel(dataclasses.replace(base, visual_input="qformer"))
+    region = LionModel(dataclasses.replace(base, visual_input="aggregator"))
+    shared = {n: t for n, t in image.checkpoint_tensors().items() if parameter_group(n) in ("vit", "t5", "soft_prompt")}
+    with torch.no_grad():
+        for name, tensor in region.checkpoint_tensors().items():
+            if name in shared:
+                tensor.copy_(shared[name])
+        for model in (image, region):
+            for name, tensor in model.checkpoint_tensors().items():
+                if parameter_group(name) == "adapters":
+                    tensor.normal_(std=0.1)
+    image_dir, region_dir = tmp_path / "stage1", tmp_path / "stage2"
+    image.save_pretrained(image_dir)
+    region.save_pretrained(region_dir)
+    return image, region, image_dir, region_dir
+
+
+def test_handover_places_adapters_gates_and_branches(tmp_path: Path) -> None:
+    image, region, image_dir, region_dir = _stage_models(tmp_path)
+    model = handover(image_dir, region_dir)
+    assert model.config.visual_input == "all" and model.config.num_adapters == 2
+    got, img, reg = model.checkpoint_tensors(), image.checkpoint_tensors(), region.checkpoint_tensors()
+    for name, tensor in got.items():
+        group = parameter_group(name)
+        if ".adapter.adapters.0." in name:
+            assert torch.equal(tensor, reg[name]), name  # region adapter (router row 0) from stage 2
+        elif ".adapter.adapters.1." in name:
+            assert torch.equal(tensor, img[name.replace(".adapters.1.", ".adapters.0.")]), name
+        elif group == "router":
+            row = 0 if name.endswith("router_ratio1") else 1  # gate k is one-hot on task row k
+            expected = torch.zeros_like(tensor)
+            expected[row] = 1
+            assert torch.equal(tensor, expected), name
+        elif group == "aggregator":
+            assert torch.equal(tensor, reg[name]), name
+        else:  # ViT, ln_vision, Q-Former branch, T5, soft prompt
+            assert torch.equal(tensor, img[name]), name
+
+    # Region routing uses only the stage-2 adapter, image routing only the stage-1 adapter.
+    hidden = torch.randn(3, 5, model.config.language.d_model)
+    for kind, source in ((TaskKind.REGION, region), (TaskKind.IMAGE, image)):
+        for (name, mixture), (_, single) in zip(_mixtures(model), _mixtures(source)):
+            with model.route(torch.full((3,), int(kind))):
+                assert torch.allclose(mixture(hidden), single(hidden), atol=1e-6), name
+    # Per sample: a batch mixing both kinds routes each row on its own.
+    (_, mixture), (_, reg_single), (_, img_single) = _mixtures(model)[0], _mixtures(region)[0], _mixtures(image)[0]
+    with model.route(torch.tensor([0, 1, 0])):
+        out = mixture(hidden)
+    assert torch.allclose(out[0], reg_single(hidden)[0], atol=1e-6)
+    assert torch.allclose(out[1], img_single(hidden)[1], atol=1e-6)
+
+
+def _mixtures(model: LionModel) -> list[tuple[str, torch.nn.Module]]:
+    from lion_ros.model.adapters import MixtureOfAdapters
+
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, MixtureOfAdapters)]
+
+
+def test_handover_rejects_different_frozen_weights(tmp_path: Path) -> None:
+    image, region, image_dir, region_dir = _stage_models(tmp_path)
+    with torch.no_grad():
+        region.language_model.shared.weight.add_(1.0)
+    region.save_pretrained(region_dir)
+    with pytest.raises(ValueError, match="identical"):
+        handover(image_dir, region_dir)
+
+
+def _ddp_worker(rank: int, world_size: int, port: int, config: TrainConfig, out: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
+                      WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank))
+    result = train(config)
+    torch.save(tensors(result.model), Path(out) / f"params-rank{rank}.pt")
+
+
+def test_two_process_gloo_ddp_ends_with_identical_parameters(tokenizer_dir: Path, tmp_path: Path) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    config = tiny_config(tokenizer_dir, tmp_path, optim={"steps": 2}, data={"num_scenes": 32})
+    mp.spawn(_ddp_worker, args=(2, port, config, str(tmp_path)), nprocs=2, join=True)
+    rank0 = torch.load(tmp_path / "params-rank0.pt", weights_only=True)
+    rank1 = torch.load(tmp_path / "params-rank1.pt", weights_only=True)
+    assert rank0.keys() == rank1.keys()
+    for name in rank0:
+        assert torch.equal(rank0[name], rank1[name]), name
+    assert (tmp_path / "model" / "model.safetensors").exists() and (tmp_path / "log.csv").exists()
+
+
+def test_stage1_2_3_chain_keeps_vit_and_t5_frozen(tokenizer_dir: Path, stage0_dir: Path, tmp_path: Path) -> None:
+    pretrained = {"kind": "pretrained", "path": str(stage0_dir), "skip_groups": ["adapters", "router"]}
+    for stage in ("stage1", "stage2"):
+        train(tiny_config(tokenizer_dir, tmp_path / stage, stage=stage, optim={"steps": 2}, init=pretrained))
+    image_dir, region_dir = tmp_path / "stage1" / "model", tmp_path / "stage2" / "model"
+    initial = tensors(handover(image_dir, region_dir))
+    result = train(tiny_config(
+        tokenizer_dir, tmp_path / "stage3", stage="stage3", optim={"steps": 3},
+        init={"kind": "handover", "image_stage": str(image_dir), "region_stage": str(region_dir)},
+    ))
+    changed = {parameter_group(n) for n, t in tensors(result.model).items() if not torch.equal(t, initial[n])}
+    assert changed == TRAINABLE_GROUPS["stage3"]
+    stage0 = LionModel.from_pretrained(stage0_dir).checkpoint_tensors()
+    for name, tensor in result.model.checkpoint_tensors().items():
+        if parameter_group(name) in ("vit", "t5"):
+            assert torch.equal(tensor, stage0[name]), name
