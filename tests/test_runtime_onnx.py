@@ -6,6 +6,7 @@ boxes, and streamed partial answers.
 """
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import threading
 from pathlib import Path
@@ -120,4 +121,9 @@ def test_lion_nano_answers_identical(tmp_path: Path) -> None:
             settings = GenerationSettings(num_beams=beams, max_new_tokens=32)
             expected = torch_rt.answer(torch_rt.encode_image(rgb), question, task=task, settings=settings)
             answer = onnx_rt.answer(onnx_rt.encode_image(rgb), question, task=task, settings=settings)
-            assert (answer.text, answer.boxes) == (expected.text, expected.boxes)
+            # Identical tokens, hence text and box coordinates; the box score is a probability
+            # computed in float32 by two engines, equal to rounding.
+            assert answer.text == expected.text
+            assert [dataclasses.replace(b, score=0.0) for b in answer.boxes] == [
+                dataclasses.replace(b, score=0.0) for b in expected.boxes]
+            assert [b.score for b in answer.boxes] == pytest.approx([b.score for b in expected.boxes], abs=1e-5)
