@@ -4,22 +4,16 @@ from __future__ import annotations
 
 from typing import Sequence
 
+from lion_ros import boxes
 from lion_ros.boxes import DEFAULT_CODEC
 from lion_ros.data.sample import Box
 
 
 def normalize_box(x1: float, y1: float, x2: float, y2: float, width: float, height: float) -> Box:
-    """Pixel xyxy to [0, 1] xyxy, clamped and rounded to 3 decimals (Shikra's norm_box_xyxy).
-
-    Rounding here keeps the structured targets equal to what parsing the target text gives.
-    """
-    if width <= 0 or height <= 0:
-        raise ValueError(f"image size must be positive, got {width}x{height}")
-
-    def norm(v: float, size: float) -> float:
-        return round(min(max(v / size, 0.0), 1.0), 3)
-
-    return (norm(x1, width), norm(y1, height), norm(x2, width), norm(y2, height))
+    """Pixel xyxy to [0, 1] xyxy: the codec's clamped, ordered box, rounded to 3 decimals
+    (Shikra's norm_box_xyxy). Rounding here keeps the structured targets equal to what parsing
+    the target text gives."""
+    return tuple(round(v, 3) for v in boxes.normalize_box((x1, y1, x2, y2), width, height))
 
 
 def xywh_to_normalized_xyxy(x: float, y: float, w: float, h: float, width: float, height: float) -> Box:
