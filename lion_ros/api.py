@@ -59,3 +59,21 @@ class Answer:
     task: TaskKind
     boxes: list[GroundedBox] = field(default_factory=list)
     timings: StageTimings = field(default_factory=StageTimings)
+
+
+# The reference's answer-length limit (LAVIS InstructBLIP-T5 `generate`); interactive callers
+# (node, CLI) default to a shorter one.
+REFERENCE_MAX_NEW_TOKENS = 256
+
+
+@dataclass(frozen=True)
+class GenerationSettings:
+    """Decoding settings, shared by the model's search loop and every runtime backend.
+
+    Beams, repetition and length penalty default to the reference LION/InstructBLIP-T5 values.
+    """
+
+    num_beams: int = 5
+    max_new_tokens: int = 64
+    repetition_penalty: float = 1.5
+    length_penalty: float = 1.0

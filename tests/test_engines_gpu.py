@@ -18,7 +18,7 @@ from tiny_lion import rgb_image
 
 from lion_ros.api import TaskKind
 from lion_ros.export.engines import ProfileConfig, tensorrt_available
-from lion_ros.model.generation import GenerationConfig, decode
+from lion_ros.model.generation import GenerationSettings, decode
 from lion_ros.runtime.pytorch import PyTorchRuntime
 
 pytestmark = [
@@ -41,7 +41,7 @@ def _decode(runtime, rgb: np.ndarray, question: str, beams: int) -> tuple[list[i
     cache = step.new_cache(states, mask, 8, 1)
     first = step.forward(torch.zeros(1, dtype=torch.long, device=step.device), torch.zeros(1, dtype=torch.long,
                          device=step.device), cache, torch.tensor([0], device=step.device)).float().cpu()
-    config = GenerationConfig(max_new_tokens=12, num_beams=beams)
+    config = GenerationSettings(max_new_tokens=12, num_beams=beams)
     output = decode(None, states, mask, torch.tensor([0]), config, step=step)
     return output.tokens(0), first
 

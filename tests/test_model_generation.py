@@ -5,7 +5,7 @@ from torch import nn
 from transformers.generation.logits_process import RepetitionPenaltyLogitsProcessor
 from transformers.modeling_outputs import BaseModelOutput
 
-from lion_ros.model import GenerationConfig, GenerationOutput, ImageFeatures, LionConfig, LionModel, generate
+from lion_ros.model import GenerationOutput, GenerationSettings, ImageFeatures, LionConfig, LionModel, generate
 from lion_ros.model.generation import DecoderCache, T5DecoderStep, _beam_search, decode
 
 MAX_NEW = 10
@@ -56,7 +56,7 @@ def _encode(model: LionModel, batch: dict, task_index: torch.Tensor) -> tuple[to
 
 def _generate(model: LionModel, batch: dict, task_index: torch.Tensor, **settings) -> GenerationOutput:
     settings.setdefault("max_new_tokens", MAX_NEW)
-    return generate(model, task_index=task_index, config=GenerationConfig(**settings), **batch)
+    return generate(model, task_index=task_index, config=GenerationSettings(**settings), **batch)
 
 
 def _sample(batch: dict, b: int, prompt_length: int | None = None) -> dict:
@@ -119,7 +119,7 @@ def test_search_matches_transformers_generate(model: LionModel, batch: dict, num
 
 def test_one_beam_search_is_greedy_without_penalties(model: LionModel, batch: dict) -> None:
     # With length_penalty 0 a finished hypothesis can never be beaten, so one beam is greedy.
-    config = GenerationConfig(max_new_tokens=MAX_NEW, num_beams=1, repetition_penalty=1.0, length_penalty=0.0)
+    config = GenerationSettings(max_new_tokens=MAX_NEW, num_beams=1, repetition_penalty=1.0, length_penalty=0.0)
     greedy = _generate(model, batch, TASKS, num_beams=1, repetition_penalty=1.0)
     encoder_hidden_states, encoder_mask = _encode(model, batch, TASKS)
     step = T5DecoderStep(model)
@@ -159,7 +159,7 @@ def test_streaming_sees_the_answer_tokens(model: LionModel, batch: dict, num_bea
     out = generate(
         model,
         task_index=1,
-        config=GenerationConfig(max_new_tokens=MAX_NEW, num_beams=num_beams),
+        config=GenerationSettings(max_new_tokens=MAX_NEW, num_beams=num_beams),
         streamer=streamed.append,
         on_step=lambda: steps.append(1),
         **_sample(batch, 1),
@@ -167,7 +167,7 @@ def test_streaming_sees_the_answer_tokens(model: LionModel, batch: dict, num_bea
     assert streamed == out.tokens(0)
     assert len(steps) >= out.lengths[0]
     with pytest.raises(ValueError, match="batch size 1"):
-        generate(model, task_index=TASKS, config=GenerationConfig(num_beams=num_beams), streamer=print, **batch)
+        generate(model, task_index=TASKS, config=GenerationSettings(num_beams=num_beams), streamer=print, **batch)
 
 
 def test_cancellation_from_the_step_hook(model: LionModel, batch: dict) -> None:
@@ -178,7 +178,7 @@ def test_cancellation_from_the_step_hook(model: LionModel, batch: dict) -> None:
         raise Cancelled
 
     with pytest.raises(Cancelled):
-        generate(model, task_index=TASKS, config=GenerationConfig(max_new_tokens=MAX_NEW), on_step=cancel, **batch)
+        generate(model, task_index=TASKS, config=GenerationSettings(max_new_tokens=MAX_NEW), on_step=cancel, **batch)
 
 
 def test_one_frame_answers_a_batch_of_questions_with_timings(model: LionModel, batch: dict) -> None:
@@ -197,7 +197,7 @@ def test_decoding_refuses_training_mode(model: LionModel, batch: dict) -> None:
     model.train()
     try:
         with pytest.raises(RuntimeError, match="eval"):
-            decode(model, encoder_hidden_states, encoder_mask, TASKS, GenerationConfig(max_new_tokens=2))
+            decode(model, encoder_hidden_states, encoder_mask, TASKS, GenerationSettings(max_new_tokens=2))
     finally:
         model.eval()
 

@@ -257,12 +257,12 @@ class _NumpyStep:
 
 @pytest.mark.parametrize("num_beams", [1, 3])
 def test_decode_takes_a_duck_typed_step_and_a_logits_processor(runtime: PyTorchRuntime, num_beams: int) -> None:
-    from lion_ros.model.generation import GenerationConfig, decode
+    from lion_ros.model.generation import GenerationSettings, decode
 
     prompt = runtime.encode_prompt("What is on the table?")
     features = runtime.encode_image(rgb_image()).features
     hidden, mask = runtime._prefill(features, prompt, TaskKind.IMAGE)
-    config = GenerationConfig(max_new_tokens=8, num_beams=num_beams)
+    config = GenerationSettings(max_new_tokens=8, num_beams=num_beams)
     task = torch.tensor([int(TaskKind.IMAGE)])
     reference = decode(runtime.model, hidden, mask, task, config)
     step = _NumpyStep(runtime._decoder_step())

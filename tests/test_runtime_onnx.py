@@ -18,7 +18,7 @@ from tiny_lion import rgb_image
 
 from lion_ros.api import TaskKind
 from lion_ros.export.engines import EngineMetadata, EngineMismatchError
-from lion_ros.model.generation import GenerationConfig, decode
+from lion_ros.model.generation import GenerationSettings, decode
 from lion_ros.runtime.base import GenerationSettings, RequestCancelled
 from lion_ros.runtime.onnxruntime import OnnxRuntimeRuntime
 from lion_ros.runtime.pytorch import PyTorchRuntime
@@ -41,7 +41,7 @@ def runtimes(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple
 def _token_ids(runtime, image, question: str, task: TaskKind, beams: int) -> list[int]:
     prompt = runtime.encode_prompt(question)
     states, mask = runtime._prefill(image.features, prompt, task)
-    config = GenerationConfig(max_new_tokens=12, num_beams=beams, repetition_penalty=1.5)
+    config = GenerationSettings(max_new_tokens=12, num_beams=beams, repetition_penalty=1.5)
     output = decode(None, states, mask, torch.tensor([int(task)]), config, step=runtime._decoder_step())
     return output.tokens(0)
 

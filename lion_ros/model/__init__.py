@@ -1,12 +1,12 @@
 """The LION model in PyTorch: configuration, modules, checkpoints and decoding."""
 from .config import LionConfig
-from .generation import GenerationConfig, GenerationOutput, generate
+from .generation import GenerationOutput, GenerationSettings, generate
 from .lion import CheckpointMismatchError, ImageFeatures, LionModel, LionOutput, parameter_group
 
 __all__ = [
     "CheckpointMismatchError",
-    "GenerationConfig",
     "GenerationOutput",
+    "GenerationSettings",
     "ImageFeatures",
     "LionConfig",
     "LionModel",

@@ -34,20 +34,12 @@ import torch.nn.functional as F
 from torch import nn
 from transformers.models.t5.modeling_t5 import T5Attention
 
+from lion_ros.api import REFERENCE_MAX_NEW_TOKENS, GenerationSettings
+
 from .config import LanguageConfig
 from .lion import ImageFeatures, LionModel, task_index_tensor
 
 _NEG = -1.0e9  # transformers' "impossible" score in beam search
-
-
-@dataclass
-class GenerationConfig:
-    """Decoding settings; the defaults are the reference's (LAVIS InstructBLIP-T5 `generate`)."""
-
-    max_new_tokens: int = 256
-    num_beams: int = 5
-    repetition_penalty: float = 1.5
-    length_penalty: float = 1.0
 
 
 @dataclass
@@ -202,7 +194,7 @@ def generate(
     task_index: torch.Tensor | int | None,
     qformer_input_ids: torch.Tensor | None = None,
     qformer_attention_mask: torch.Tensor | None = None,
-    config: GenerationConfig | None = None,
+    config: GenerationSettings | None = None,
     streamer: Streamer | None = None,
     on_step: StepHook | None = None,
     logits_processor: LogitsProcessor | None = None,
@@ -213,7 +205,7 @@ def generate(
     1, receives each new token id (EOS included) as it is chosen (greedy) or the best beam's ids
     at the end. `on_step` runs after every decoding step, e.g. to check for cancellation.
     """
-    config = config or GenerationConfig()
+    config = config or GenerationSettings(max_new_tokens=REFERENCE_MAX_NEW_TOKENS)
     device = input_ids.device
     started = time.perf_counter()
     prefix = model.visual_prefix(image_features, qformer_input_ids, qformer_attention_mask)
@@ -236,7 +228,7 @@ def decode(
     encoder_hidden_states: Any,
     encoder_mask: Any,
     task_index: torch.Tensor | None,
-    config: GenerationConfig,
+    config: GenerationSettings,
     streamer: Streamer | None = None,
     on_step: StepHook | None = None,
     *,
@@ -301,7 +293,7 @@ def _greedy(
     cache: StepCache,
     task_index: torch.Tensor | None,
     batch_size: int,
-    config: GenerationConfig,
+    config: GenerationSettings,
     streamer: Streamer | None,
     on_step: StepHook | None,
     logits_processor: LogitsProcessor | None = None,
@@ -338,7 +330,7 @@ def _beam_search(
     cache: StepCache,
     task_index: torch.Tensor | None,
     batch_size: int,
-    config: GenerationConfig,
+    config: GenerationSettings,
     streamer: Streamer | None,
     on_step: StepHook | None,
     logits_processor: LogitsProcessor | None = None,

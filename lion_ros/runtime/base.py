@@ -12,7 +12,7 @@ from typing import Any, Callable, Optional, Protocol, Sequence
 
 import numpy as np
 
-from lion_ros.api import Answer, TaskKind
+from lion_ros.api import Answer, GenerationSettings, TaskKind
 
 # Called after every generated token with the decoded answer so far and the token count.
 PartialCallback = Callable[[str, int], None]
@@ -20,16 +20,6 @@ PartialCallback = Callable[[str, int], None]
 
 class RequestCancelled(Exception):
     """Raised by `answer` when its cancel event was set during generation."""
-
-
-@dataclass(frozen=True)
-class GenerationSettings:
-    """Decoding settings; defaults are the reference LION/InstructBLIP-T5 ones."""
-
-    num_beams: int = 5
-    max_new_tokens: int = 64
-    repetition_penalty: float = 1.5
-    length_penalty: float = 1.0
 
 
 @dataclass(frozen=True)

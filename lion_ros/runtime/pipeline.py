@@ -41,7 +41,7 @@ from lion_ros.api import Answer, GroundedBox, StageTimings, TaskKind
 from lion_ros.boxes import _BRACKET as BOX_BRACKET  # the codec's own bracket pattern: same spans
 from lion_ros.boxes import DEFAULT_CODEC, BoxCodec
 from lion_ros.model.config import LionConfig
-from lion_ros.model.generation import DecoderStep, GenerationConfig, GenerationOutput, decode
+from lion_ros.model.generation import DecoderStep, GenerationOutput, decode
 from lion_ros.preprocess import PreprocessConfig, preprocess_image
 from lion_ros.prompts import DEFAULT_PROMPTS, PromptConfig, build_qformer_prompt, build_t5_prompt, infer_task
 from lion_ros.runtime.base import EncodedImage, GenerationSettings, PartialCallback, RequestCancelled
@@ -339,12 +339,6 @@ class PipelineRuntime(ABC):
         check_cancel: Callable[[], None],
     ) -> GenerationOutput:
         step = self._decoder_step()
-        config = GenerationConfig(
-            max_new_tokens=settings.max_new_tokens,
-            num_beams=settings.num_beams,
-            repetition_penalty=settings.repetition_penalty,
-            length_penalty=settings.length_penalty,
-        )
         automaton = self.box_automaton() if self.wants_box_answer(question, task) else None
         processor = BoxConstraint(automaton, settings.max_new_tokens) if automaton is not None else None
         # Beam search knows its answer only at the end: `finish` reports it then.
@@ -355,7 +349,7 @@ class PipelineRuntime(ABC):
             encoder_hidden_states,
             encoder_mask,
             task_index,
-            config,
+            settings,
             streamer,
             check_cancel,
             step=step,
