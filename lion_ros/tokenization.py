@@ -12,6 +12,8 @@ of their own, so every box coordinate is spelled the same way and decodes back e
 from __future__ import annotations
 
 import json
+import math
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -116,23 +118,30 @@ def _isolate_digits_and_punctuation() -> list[pre.PreTokenizer]:
     return [pre.Punctuation("isolated"), pre.Digits(individual_digits=True)]
 
 
-def _doubled_words(tokenizer: Tokenizer, corpus: list[str]) -> str:
-    """Every word of `corpus` written twice in a row ("red" -> "redred"), as one extra text.
+def _word_unigram_vocab(tokenizer: Tokenizer, corpus: list[str], size: int) -> list[tuple[str, float]]:
+    """Unigram pieces for a closed-vocabulary corpus: every character, then whole pre-tokens.
 
-    The `tokenizers` UnigramTrainer seeds candidate pieces from substrings that occur twice in
-    the concatenation of DISTINCT words (SentencePiece concatenates whole sentences), so a
-    frequent word that is no other word's substring never becomes a piece: on a small or
-    templated corpus the vocabulary collapses to characters. With the doubled copy every word
-    is a shared prefix and gets seeded; the copies occur once each and are pruned by EM.
+    `tokenizers`' UnigramTrainer seeds candidates from substrings shared by distinct words, so
+    on a small templated corpus short frequent words ("no", "a", "three") never become pieces
+    and answers are spelt letter by letter. The synthetic corpus has a few hundred distinct
+    words, so the vocabulary is built directly: each character seen (with and without the
+    word-start mark, so unseen words still encode) plus the most frequent pre-tokens, scored by
+    their log frequency so Viterbi prefers whole words.
     """
-    words = {
-        word.lstrip("\u2581")  # the Metaspace word-start mark
-        for text in corpus
-        for word, _ in tokenizer.pre_tokenizer.pre_tokenize_str(
-            tokenizer.normalizer.normalize_str(text)
-        )
-    }
-    return " ".join(word * 2 for word in sorted(words) if len(word) > 1)
+    counts: Counter[str] = Counter()
+    for text in corpus:
+        for piece, _ in tokenizer.pre_tokenizer.pre_tokenize_str(tokenizer.normalizer.normalize_str(text)):
+            counts[piece] += 1
+    chars = sorted({c for piece in counts for c in piece} | set(BOX_CHARACTERS))
+    # Punctuation is isolated before the word-start mark can join it, so only alphanumerics
+    # need a marked variant.
+    fallback = {c: 1 for c in chars} | {"\u2581" + c: 1 for c in chars if c.isalnum()}
+    if len(fallback) > size:
+        raise ValueError(f"a vocabulary of {size} pieces cannot hold the corpus's {len(fallback)} character pieces")
+    words = [w for w, _ in counts.most_common() if w not in fallback]
+    pieces = {**fallback, **{w: counts[w] for w in words[: size - len(fallback)]}}
+    total = sum(pieces.values())
+    return [(piece, math.log(count / total)) for piece, count in pieces.items()]
 
 
 def train_nano_tokenizers(
@@ -146,8 +155,8 @@ def train_nano_tokenizers(
     T5-like: Unigram with `<pad>`=0, `</s>`=1, `<unk>`=2, then the learnt pieces, then
     `<extra_id_99>` .. `<extra_id_0>` so `<extra_id_0>` is the last id, as in T5; `</s>` is
     appended to every encoded text. `t5_vocab_size` counts all of these and is an upper bound:
-    the Unigram trainer keeps fewer pieces when the corpus cannot support more, so size model
-    embeddings with `len(tokenizers.t5)`.
+    a corpus with fewer distinct words gives fewer pieces, so size model embeddings with
+    `len(tokenizers.t5)`.
     BERT-like: lowercase WordPiece with [PAD]=0, [UNK], [CLS], [SEP], [MASK], [DEC]=5.
     """
     corpus = list(texts)
@@ -164,16 +173,8 @@ def train_nano_tokenizers(
         + _isolate_digits_and_punctuation()
     )
     t5.decoder = decoders.Metaspace(prepend_scheme="always")
-    t5.train_from_iterator(
-        corpus + [_doubled_words(t5, corpus)],
-        trainers.UnigramTrainer(
-            vocab_size=t5_vocab_size - config.num_sentinels,
-            special_tokens=t5_specials,
-            unk_token="<unk>",
-            initial_alphabet=BOX_CHARACTERS,
-            show_progress=False,
-        ),
-    )
+    vocab = _word_unigram_vocab(t5, corpus, t5_vocab_size - len(t5_specials) - config.num_sentinels)
+    t5.model = models.Unigram([(token, 0.0) for token in t5_specials] + vocab, unk_id=2, byte_fallback=False)
     sentinels = [f"<extra_id_{i}>" for i in reversed(range(config.num_sentinels))]
     t5.add_special_tokens(sentinels)
     t5.post_processor = processors.TemplateProcessing(

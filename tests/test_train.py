@@ -224,3 +224,42 @@ def test_stage1_2_3_chain_keeps_vit_and_t5_frozen(tokenizer_dir: Path, stage0_di
     for name, tensor in result.model.checkpoint_tensors().items():
         if parameter_group(name) in ("vit", "t5"):
             assert torch.equal(tensor, stage0[name]), name
+
+
+def test_length_groups_give_the_same_loss_and_gradients(tokenizer_dir: Path, tmp_path: Path) -> None:
+    """Running T5 per answer-length group only trims padding: per-token losses and gradients
+    equal those of one padded pass (to float rounding)."""
+    from lion_ros.preprocess import PreprocessConfig
+    from lion_ros.train.data import STAGE_TASKS, Collator, SyntheticBatches
+    from lion_ros.train.stages import build_model
+    from lion_ros.train.trainer import TrainingModule
+
+    config = tiny_config(tokenizer_dir, tmp_path, data={"images_per_batch": 4, "questions_per_image": 3})
+    tokenizers = LionTokenizers.load(tokenizer_dir)
+    torch.manual_seed(0)
+    lion = build_model(config, tokenizers).eval()  # no dropout: both passes must see the same masks
+    collator = Collator(tokenizers, config.data, PreprocessConfig(image_size=lion.config.vision.image_size),
+                        qformer_max_tokens=lion.config.qformer.max_position_embeddings)
+    batch = SyntheticBatches(config.data, collator, STAGE_TASKS["stage0"], seed=0)[0]
+    lengths = (batch.labels != -100).sum(1)
+    assert lengths.min() < lengths.max()  # the batch really mixes answer lengths
+
+    results = []
+    for groups in (1, 3):
+        lion.zero_grad(set_to_none=True)
+        token_loss = TrainingModule(lion, length_groups=groups)(batch)
+        token_loss.sum().backward()
+        grads = {n: p.grad.clone() for n, p in lion.named_parameters() if p.grad is not None}
+        results.append((token_loss.detach(), grads))
+    (loss_one, grads_one), (loss_grouped, grads_grouped) = results
+    assert loss_grouped.shape == batch.labels.shape
+    torch.testing.assert_close(loss_grouped, loss_one, atol=1e-5, rtol=1e-4)
+    assert (loss_grouped[batch.labels == -100] == 0).all()
+    assert grads_one.keys() == grads_grouped.keys()
+    for name in grads_one:
+        torch.testing.assert_close(grads_grouped[name], grads_one[name], atol=1e-5, rtol=1e-3, msg=name)
+
+
+def test_length_groups_refuse_gradient_checkpointing(tokenizer_dir: Path, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="gradient_checkpointing"):
+        tiny_config(tokenizer_dir, tmp_path, data={"length_groups": 2}, model={"gradient_checkpointing": True})

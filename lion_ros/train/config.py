@@ -75,6 +75,9 @@ class DataSection:
     tag_dropout: float = 0.0  # probability of giving a sample no tags (deployment without a tagger)
     photometric: float = 0.0  # max relative brightness / contrast change; 0 disables
     num_workers: int = 0
+    # T5 runs once per group of questions with similar answer lengths (less padding); the
+    # groups' T5 passes must not be recomputed in backward, so > 1 excludes gradient checkpointing.
+    length_groups: int = 1
 
 
 @dataclass
@@ -124,6 +127,11 @@ class TrainConfig:
             raise ValueError("stage3 starts from the stage-1 and stage-2 models: set init.kind: handover")
         if self.init.kind == "handover" and not (self.init.image_stage and self.init.region_stage):
             raise ValueError("init.kind handover needs init.image_stage and init.region_stage")
+        if self.data.length_groups < 1:
+            raise ValueError("data.length_groups must be >= 1")
+        if self.data.length_groups > 1 and self.model.gradient_checkpointing:
+            # Recomputed T5 blocks would read the whole batch's routing, not their group's.
+            raise ValueError("data.length_groups > 1 cannot be combined with model.gradient_checkpointing")
         if self.init.kind == "pretrained" and not self.init.path:
             raise ValueError("init.kind pretrained needs init.path")
 
