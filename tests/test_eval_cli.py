@@ -47,7 +47,8 @@ def test_report_has_every_metric_and_encodes_each_image_once(tmp_path: Path) -> 
     assert len(lines) == len(source.samples) == report["sources"]["synthetic-test"]["num_samples"]
 
 
-def test_cli_on_a_random_tiny_model(tmp_path: Path) -> None:
+def test_cli_on_a_random_tiny_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LION_ENGINE_CACHE", str(tmp_path / "engines"))  # the ONNX export below goes here
     pytest.importorskip("lion_ros.runtime.pytorch")
     tokenizers = build_nano_tokenizers(TokenizerTraining(300, 300, corpus_scenes=10), SyntheticConfig())
     config = LionConfig.preset("lion-tiny")
@@ -63,6 +64,17 @@ def test_cli_on_a_random_tiny_model(tmp_path: Path) -> None:
     out = tmp_path / "eval"
     assert main(["--model", str(model_dir), "--split", "compositional", "--num", "1", "--out", str(out),
                  "--max-new-tokens", "4"]) == 0
-    summary = json.loads((out / "metrics.json").read_text())["sources"]["synthetic-compositional"]["summary"]
+    report = json.loads((out / "metrics.json").read_text())
+    summary = report["sources"]["synthetic-compositional"]["summary"]
     assert list(summary) == list(HEADLINE)
     assert (out / "metrics.md").exists()
+
+    # The same questions through the ONNX Runtime backend (exported on first use): same answers.
+    pytest.importorskip("onnxruntime")
+    out_ort = tmp_path / "eval-ort"
+    assert main(["--model", str(model_dir), "--backend", "onnxruntime", "--split", "compositional", "--num", "1",
+                 "--out", str(out_ort), "--max-new-tokens", "4"]) == 0
+    ort_report = json.loads((out_ort / "metrics.json").read_text())
+    assert ort_report["settings"]["backend"] == "onnxruntime"
+    answers = [(out / "predictions.jsonl").read_text(), (out_ort / "predictions.jsonl").read_text()]
+    assert answers[0] == answers[1]

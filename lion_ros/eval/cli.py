@@ -1,12 +1,13 @@
 """`lion-eval`: run a model over held-out data and score it.
 
     lion-eval --model DIR --split test --num 50 --out runs/eval/test
+    lion-eval --model ENGINE_DIR --backend onnxruntime --split test --num 50 --out runs/eval/test-ort
     lion-eval --model DIR --split none --vqav2 questions.json annotations.json --image-root val2014 --out ...
 
 Sources: a synthetic split (canonical prompt of each task, `--num` scenes of 14 questions) and
 any public-format files given. Each image is encoded once and asked all its questions through
-the PyTorch runtime. Writes `metrics.json` (headline metrics, every per-task score, settings),
-`metrics.md` (the same as tables) and `predictions.jsonl`.
+the chosen runtime (`--backend`, PyTorch by default). Writes `metrics.json` (headline metrics,
+every per-task score, settings), `metrics.md` (the same as tables) and `predictions.jsonl`.
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ import numpy as np
 from tqdm import tqdm
 
 from lion_ros.data.sample import Sample
+from lion_ros.runtime.backends import BACKEND_CLASSES
 from lion_ros.eval.metrics import score_samples
 
 # Headline metric -> (task name, score key). Always present in the output: null when a source
@@ -53,7 +55,11 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         description="Score a LION model directory on the synthetic held-out splits and/or public-format "
         "files: REC acc@IoU0.5, spatial yes/no, counting, attributes, VQAv2 accuracy, CIDEr.",
     )
-    parser.add_argument("--model", required=True, help="model directory (config.json, model.safetensors, tokenizers)")
+    parser.add_argument("--model", required=True,
+                        help="model directory (config.json, model.safetensors, tokenizers), or an engine directory "
+                             "(lion-build-engines) for --backend onnxruntime/tensorrt")
+    parser.add_argument("--backend", default="pytorch", choices=list(BACKEND_CLASSES),
+                        help="runtime that answers (engine backends export a model directory on first use)")
     parser.add_argument("--split", default="test", choices=["test", "compositional", "none"],
                         help="synthetic split to evaluate ('none': only the public files given)")
     parser.add_argument("--num", type=int, default=100, help="synthetic scenes to evaluate (14 questions each)")
@@ -187,22 +193,23 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
     import torch
 
+    from lion_ros.runtime.backends import load_runtime
     from lion_ros.runtime.base import GenerationSettings
-    from lion_ros.runtime.pytorch import PyTorchRuntime
 
     sources = ([synthetic_source(args.split, args.num)] if args.split != "none" else []) + public_sources(args)
     if not sources:
         raise SystemExit("nothing to evaluate: give --split test|compositional or a public-format file")
     if args.threads > 0:
         torch.set_num_threads(args.threads)
-    runtime = PyTorchRuntime.from_pretrained(args.model, device=args.device)
+    runtime = load_runtime(args.backend, args.model, args.device, threads=args.threads or None)
     settings = GenerationSettings(
         num_beams=args.num_beams, max_new_tokens=args.max_new_tokens, repetition_penalty=args.repetition_penalty
     )
     report = evaluate(
         runtime, sources, settings, not args.no_tags, Path(args.out), str(args.model),
         {"num_beams": args.num_beams, "max_new_tokens": args.max_new_tokens,
-         "repetition_penalty": args.repetition_penalty, "tags": not args.no_tags, "device": args.device},
+         "repetition_penalty": args.repetition_penalty, "tags": not args.no_tags, "device": args.device,
+         "backend": args.backend},
     )
     print(markdown(report))
     return 0

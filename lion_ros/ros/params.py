@@ -136,6 +136,8 @@ class NodeParams:
     precision: str = param("auto", "auto = the model's policy (mixed on CUDA, fp32 on CPU); mixed = the "
                                    "official ViT fp16 + T5 bf16 (PyTorch); fp16 = engine precision "
                                    "(TensorRT, ONNX Runtime).", choices=("auto", "fp32", "mixed", "fp16"))
+    cuda_graphs: bool = param(True, "TensorRT backend: replay the T5 decoder step from one CUDA graph "
+                                    "per input-shape bucket (needs a CUDA build of torch).")
     cameras: list = param(["camera"], "Camera names; each subscribes <name>/image (or "
                                       "<name>/image/compressed), <name>/depth, <name>/camera_info. "
                                       "The first is the default camera.")
