@@ -6,6 +6,8 @@
     device arrays   torch CUDA tensors where torch has CUDA (the search loops then stay on the
                     GPU and only EOS checks sync); otherwise pycuda arrays in the device's primary
                     context (the one the CUDA runtime and TensorRT use), with the search on the CPU
+    decoder step    replayed from one CUDA graph per input-shape bucket where torch has CUDA
+                    (`_GraphedDecoderStep`, option `cuda_graphs`); the pycuda path runs it directly
     checks          engine metadata (TensorRT version, GPU, compute capability, profiles, source)
                     is compared before any plan is deserialised: see lion_ros.export.engines
 
@@ -16,8 +18,9 @@ documented TensorRT 10 Python API; see engines/README.md for what was executed w
 from __future__ import annotations
 
 import logging
+import weakref
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Callable, Optional, Protocol, Union
 
 import numpy as np
 import torch
@@ -126,11 +129,24 @@ class _PyCudaMemory:
         self.context.pop()
 
 
-class _Engine:
-    """One deserialised engine, its execution context and its I/O tensor names and dtypes."""
+def _set_input_shape(graph: str, context: Any, name: str, shape: tuple[int, ...]) -> None:
+    if not context.set_input_shape(name, shape):
+        raise ValueError(f"{graph}: input {name} of shape {shape} is outside the engine's profile; rebuild with "
+                         "larger limits (lion-build-engines --help)")
 
-    def __init__(self, trt: Any, engine: Any, name: str, spec: dict[str, Any]) -> None:
+
+class _Engine:
+    """One deserialised engine, its I/O tensor names and dtypes, and its execution context(s).
+
+    Every context runs in the one activation buffer `scratch` (`scratch_bytes` long) shared by
+    all engines of the runtime.
+    """
+
+    def __init__(self, trt: Any, engine: Any, name: str, spec: dict[str, Any], scratch: int,
+                 scratch_bytes: int) -> None:
         self.name, self.engine = name, engine
+        self._user_managed = trt.ExecutionContextAllocationStrategy.USER_MANAGED
+        self._scratch, self._scratch_bytes = scratch, scratch_bytes
         self.inputs, self.outputs, self.dtypes = [], [], {}
         names = {trt.DataType.FLOAT: "float32", trt.DataType.HALF: "float16", trt.DataType.BF16: "bfloat16",
                  trt.DataType.INT64: "int64", trt.DataType.INT32: "int32", trt.DataType.BOOL: "bool"}
@@ -143,9 +159,186 @@ class _Engine:
             self.dtypes[tensor] = dtype
             is_input = engine.get_tensor_mode(tensor) == trt.TensorIOMode.INPUT
             (self.inputs if is_input else self.outputs).append(tensor)
-        self.context = engine.create_execution_context(trt.ExecutionContextAllocationStrategy.USER_MANAGED)
-        if self.context is None:
-            raise RuntimeError(f"TensorRT could not create an execution context for {name}")
+        self.context = self.new_context()
+
+    def new_context(self) -> Any:
+        """An execution context in the shared activation buffer (no memory of its own)."""
+        context = self.engine.create_execution_context(self._user_managed)
+        if context is None:
+            raise RuntimeError(f"TensorRT could not create an execution context for {self.name}")
+        context.set_device_memory(self._scratch, self._scratch_bytes)
+        return context
+
+
+# The decoder step's self-attention buffers: it reads `self_k`/`self_v` and returns `present_k`/
+# `present_v` of the same shape and dtype, which the next step reads.
+_KV_BUFFERS = {"present_k": "self_k", "present_v": "self_v"}
+# The encoder's outputs: the very same arrays at every step of an answer, copied once per answer.
+_PER_ANSWER_INPUTS = ("cross_k", "cross_v", "encoder_mask")
+# Shape buckets kept, least recently used dropped first. The encoder length (visual tokens +
+# prompt) is part of a bucket and varies from question to question, and a bucket keeps its static
+# buffers: for LION-4B with 5 beams and 64 new tokens about 200 MiB (4 K/V buffers, a copy of the
+# cross-attention K/V). The cap bounds that memory; a dropped bucket is captured again when needed.
+MAX_DECODER_GRAPH_BUCKETS = 4
+
+
+class _GraphCapture(Protocol):
+    """Records the work a function enqueues on a stream into a CUDA graph."""
+
+    def capture(self, enqueue: Callable[[int], bool]) -> Callable[[], None]:
+        """Capture `enqueue(stream handle)` (False: it failed) into a graph; return its replay
+        function, which runs on the caller's current stream. RuntimeError if it cannot be captured."""
+
+
+class _TorchGraphCapture:
+    """`_GraphCapture` with torch.cuda.CUDAGraph."""
+
+    def __init__(self, device: torch.device) -> None:
+        # Stream capture is not possible on the legacy default stream.
+        self._stream = torch.cuda.Stream(device)
+
+    def capture(self, enqueue: Callable[[int], bool]) -> Callable[[], None]:
+        graph = torch.cuda.CUDAGraph()
+        # The outer context restores the caller's stream even when capture_end raises (the exit of
+        # torch.cuda.graph then skips restoring it). "thread_local": CUDA calls made by other
+        # threads of the process do not invalidate the capture; TensorRT's, in this thread, do.
+        with torch.cuda.stream(self._stream):
+            with torch.cuda.graph(graph, stream=self._stream, capture_error_mode="thread_local"):
+                captured = enqueue(self._stream.cuda_stream)
+        if not captured:
+            # TensorRT returns False when it cannot enqueue under capture; the graph may be partial.
+            raise RuntimeError("execute_async_v3 failed under stream capture")
+        return graph.replay
+
+
+class _DecoderBucket:
+    """Static buffers, execution contexts and CUDA graphs of one decoder input-shape bucket.
+
+    A step reads its K/V buffers and writes updated ones that the next step reads. Two buffer
+    sets and two graphs, set 0 -> set 1 and set 1 -> set 0 ("parity" 0 and 1), let a step read
+    the previous step's output where it is, instead of copying the K/V buffers every step. Each
+    graph has its own context, set up once with the bucket's shapes and addresses, so no context
+    changes after a graph was captured from it. Outputs other than K/V have one buffer for both.
+    """
+
+    def __init__(self, engine: _Engine, memory: _TorchMemory, shapes: dict[str, tuple[int, ...]]) -> None:
+        self.contexts = [engine.new_context(), engine.new_context()]
+        for context in self.contexts:
+            for name, shape in shapes.items():
+                _set_input_shape(engine.name, context, name, shape)
+        output_shapes = {name: tuple(self.contexts[0].get_tensor_shape(name)) for name in engine.outputs}
+        for output, kv in _KV_BUFFERS.items():
+            if (output_shapes[output], engine.dtypes[output]) != (shapes[kv], engine.dtypes[kv]):
+                raise RuntimeError(f"{engine.name}: {output} {output_shapes[output]} {engine.dtypes[output]} does "
+                                   f"not match {kv} {shapes[kv]} {engine.dtypes[kv]}, so it cannot be fed back")
+        kv_names = tuple(_KV_BUFFERS.values())
+        self.inputs = {name: memory.empty(shape, engine.dtypes[name])
+                       for name, shape in shapes.items() if name not in kv_names}
+        self.kv = [{name: memory.empty(shapes[name], engine.dtypes[name]) for name in kv_names} for _ in range(2)]
+        self.outputs = {name: memory.empty(output_shapes[name], engine.dtypes[name])
+                        for name in engine.outputs if name not in _KV_BUFFERS}
+        for parity, context in enumerate(self.contexts):
+            for name, array in {**self.inputs, **self.kv[parity], **self.results(parity)}.items():
+                context.set_tensor_address(name, memory.pointer(array))
+        self.graphs: list[Optional[Callable[[], None]]] = [None, None]
+        # The per-answer inputs now in the static buffers, by weak reference: while the object
+        # lives its memory is not reused, so the same object means the same data.
+        self._loaded: dict[str, weakref.ref] = {}
+
+    @property
+    def nbytes(self) -> int:
+        arrays = [*self.inputs.values(), *self.kv[0].values(), *self.kv[1].values(), *self.outputs.values()]
+        return sum(array.nbytes for array in arrays)
+
+    def results(self, parity: int) -> dict[str, torch.Tensor]:
+        """The output buffers of the graph that reads K/V set `parity`."""
+        return {**self.outputs, **{output: self.kv[1 - parity][kv] for output, kv in _KV_BUFFERS.items()}}
+
+    def load(self, inputs: dict[str, Any]) -> int:
+        """Copy a step's inputs into the static buffers; return the parity of the K/V set it reads."""
+        parity = next((p for p, kv in enumerate(self.kv) if all(inputs[name] is kv[name] for name in kv)), None)
+        if parity is None:  # the first step of an answer: K/V buffers of its own
+            parity = 0
+            for name, buffer in self.kv[0].items():
+                buffer.copy_(torch.as_tensor(inputs[name]))
+        for name, buffer in self.inputs.items():
+            value = inputs[name]
+            if name in _PER_ANSWER_INPUTS:
+                loaded = self._loaded.get(name)
+                if loaded is not None and loaded() is value:
+                    continue
+                self._loaded[name] = weakref.ref(value)
+            buffer.copy_(torch.as_tensor(value))
+        return parity
+
+
+class _GraphedDecoderStep:
+    """The `t5_decoder_step` engine replayed from one CUDA graph per input-shape bucket.
+
+    Within an answer the step's input shapes never change (fixed-size K/V buffers, the position
+    as an input), so a bucket, the tuple of input shapes (rows, encoder length, max new tokens),
+    serves every step of every answer of that shape. A graph bakes in shapes and all tensor
+    addresses, so a bucket has static buffers that each step's inputs are copied into
+    (`_DecoderBucket`), and the shared activation buffer must never move (see TensorRTRuntime).
+    TensorRT does shape-dependent setup in the first enqueue after the shapes are set, which must
+    not happen under capture: so the first step of a graph runs normally (that is the step's
+    result) and the capture follows; later steps replay.
+
+    `run` returns None once graphs are off: after any failure to set up or capture a graph (an
+    engine that cannot be captured for one shape cannot for others), logged once; the caller
+    then runs the step, and every later one, with plain execute_async_v3.
+    """
+
+    def __init__(self, engine: _Engine, memory: _TorchMemory, graphs: _GraphCapture,
+                 max_buckets: int = MAX_DECODER_GRAPH_BUCKETS) -> None:
+        self.engine, self.memory, self.graphs, self.max_buckets = engine, memory, graphs, max_buckets
+        self.buckets: dict[tuple[tuple[int, ...], ...], _DecoderBucket] = {}  # least recently used first
+        self.enabled = True
+
+    def run(self, inputs: dict[str, Any]) -> Optional[dict[str, torch.Tensor]]:
+        """The step's outputs, or None with graphs off. The outputs are the bucket's static
+        buffers: valid until its next step, which is as long as the search loops use them."""
+        if not self.enabled:
+            return None
+        try:
+            return self._run(inputs)
+        except RuntimeError as exc:
+            log.warning("CUDA graphs for %s failed (%s); it runs without them from now on", self.engine.name, exc)
+            self.enabled = False
+            self._drop_all()
+            return None
+
+    def _run(self, inputs: dict[str, Any]) -> dict[str, torch.Tensor]:
+        shapes = {name: tuple(inputs[name].shape) for name in self.engine.inputs}
+        key = tuple(shapes.values())
+        bucket = self.buckets.pop(key, None)
+        if bucket is None:
+            bucket = self._new_bucket(shapes)
+        self.buckets[key] = bucket
+        parity = bucket.load(inputs)
+        replay = bucket.graphs[parity]
+        if replay is not None:
+            replay()
+        else:
+            context = bucket.contexts[parity]
+            if not context.execute_async_v3(self.memory.stream):
+                raise RuntimeError(f"TensorRT failed to run {self.engine.name}")
+            bucket.graphs[parity] = self.graphs.capture(context.execute_async_v3)
+        return bucket.results(parity)
+
+    def _new_bucket(self, shapes: dict[str, tuple[int, ...]]) -> _DecoderBucket:
+        if len(self.buckets) >= self.max_buckets:
+            self.memory.synchronize()  # contexts and buffers go only when their work is done
+            self.buckets.pop(next(iter(self.buckets)))
+        bucket = _DecoderBucket(self.engine, self.memory, shapes)
+        log.info("%s: CUDA graphs for rows %d, encoder length %d, max new tokens %d (%.1f MiB of static buffers; "
+                 "%d of at most %d shapes kept)", self.engine.name, shapes["token_ids"][0], shapes["encoder_mask"][-1],
+                 shapes["self_k"][3], bucket.nbytes / 2**20, len(self.buckets) + 1, self.max_buckets)
+        return bucket
+
+    def _drop_all(self) -> None:
+        self.memory.synchronize()
+        self.buckets.clear()
 
 
 class TensorRTRuntime(EngineRuntime):
@@ -159,6 +352,7 @@ class TensorRTRuntime(EngineRuntime):
         metadata: EngineMetadata,
         device: str = "cuda",
         runtime_config: RuntimeConfig = DEFAULT_RUNTIME_CONFIG,
+        cuda_graphs: bool = True,
     ) -> None:
         if not device.startswith("cuda"):
             raise ValueError(f"the tensorrt backend runs on a CUDA device, got device {device!r}")
@@ -172,21 +366,32 @@ class TensorRTRuntime(EngineRuntime):
         super().__init__(engine_dir, metadata, limit_prompt_tokens(runtime_config, self.profiles.max_prompt_tokens))
         self._logger = trt.Logger(trt.Logger.WARNING)
         self._trt_runtime = trt.Runtime(self._logger)
-        self._engines: dict[str, _Engine] = {}
-        for name, spec in metadata.graphs.items():
+        plans = {}
+        for name in metadata.graphs:
             plan = metadata.plan_path(engine_dir, name)
             log.info("loading TensorRT engine %s (%.1f MiB)", name, plan.stat().st_size / 2**20)
-            engine = self._trt_runtime.deserialize_cuda_engine(plan.read_bytes())
-            if engine is None:
+            plans[name] = self._trt_runtime.deserialize_cuda_engine(plan.read_bytes())
+            if plans[name] is None:
                 raise RuntimeError(f"TensorRT could not deserialise {plan} (see the TensorRT log above)")
-            self._engines[name] = _Engine(trt, engine, name, spec)
         # The engines run one after another on one stream, so one activation buffer serves all.
-        scratch_bytes = max(e.engine.device_memory_size_v2 for e in self._engines.values())
+        # It is allocated before any execution context exists and never replaced: every context,
+        # and every CUDA graph captured from one, holds its address. device_memory_size_v2 is the
+        # most any shape of the profile needs, so no later shape asks for more.
+        scratch_bytes = max(engine.device_memory_size_v2 for engine in plans.values())
         self._scratch = self._memory.empty((max(scratch_bytes, 1),), "bool")  # one byte per element
-        for engine in self._engines.values():
-            engine.context.set_device_memory(self._memory.pointer(self._scratch), scratch_bytes)
+        self._engines = {name: _Engine(trt, plans[name], name, spec, self._memory.pointer(self._scratch),
+                                       scratch_bytes) for name, spec in metadata.graphs.items()}
         log.info("TensorRT engines ready: %s, shared activation memory %.1f MiB", ", ".join(self._engines),
                  scratch_bytes / 2**20)
+        self._decoder_graphs: Optional[_GraphedDecoderStep] = None
+        if cuda_graphs and isinstance(self._memory, _TorchMemory):
+            self._decoder_graphs = _GraphedDecoderStep(self._engines["t5_decoder_step"], self._memory,
+                                                       _TorchGraphCapture(self._memory.device))
+        elif cuda_graphs:
+            # Not graphed on the pycuda path: it serves machines without a CUDA torch, and its search
+            # loops wait for the logits on the host every step anyway, which limits what graphs
+            # save; a second capture implementation is not worth writing untested (no GPU here).
+            log.info("CUDA graphs need a CUDA build of torch; the decoder step runs without them")
 
     @classmethod
     def from_pretrained(
@@ -199,6 +404,7 @@ class TensorRTRuntime(EngineRuntime):
         profiles: Optional[ProfileConfig] = None,
         rebuild_on_mismatch: bool = False,
         runtime_config: RuntimeConfig = DEFAULT_RUNTIME_CONFIG,
+        cuda_graphs: bool = True,
     ) -> "TensorRTRuntime":
         """From an engine directory (`lion-build-engines`) or a model directory.
 
@@ -211,25 +417,30 @@ class TensorRTRuntime(EngineRuntime):
         ~/.cache/lion_ros/engines. An engine directory built for another TensorRT, GPU, precision,
         profile set or weights raises `EngineMismatchError` naming every difference, before any
         plan is deserialised, unless `rebuild_on_mismatch`.
+
+        cuda_graphs: replay the decoder step from one CUDA graph per input-shape bucket (needs a
+        CUDA build of torch; falls back to plain execution, with one warning, where capture fails).
         """
         directory, metadata = cls._open(
             path, backend="tensorrt", precision=precision, default_precision="bf16", profiles=profiles,
             engine_dir=engine_dir, rebuild_on_mismatch=rebuild_on_mismatch,
         )
-        return cls(directory, metadata, device, runtime_config)
+        return cls(directory, metadata, device, runtime_config, cuda_graphs)
 
     # -- EngineRuntime ---------------------------------------------------------------------------
 
     def _run(self, graph: str, inputs: dict[str, Any]) -> dict[str, Any]:
+        if graph == "t5_decoder_step" and self._decoder_graphs is not None:
+            outputs = self._decoder_graphs.run(inputs)
+            if outputs is not None:
+                return outputs
         engine, memory = self._engines[graph], self._memory
         context = engine.context
         bound = []  # keeps converted inputs alive until the engine has read them
         for name in engine.inputs:
             array = memory.to_device(inputs[name], engine.dtypes[name])
             bound.append(array)
-            if not context.set_input_shape(name, memory.shape(array)):
-                raise ValueError(f"{graph}: input {name} of shape {memory.shape(array)} is outside the engine's "
-                                 f"profile; rebuild with larger limits (lion-build-engines --help)")
+            _set_input_shape(graph, context, name, memory.shape(array))
             context.set_tensor_address(name, memory.pointer(array))
         outputs = {}
         for name in engine.outputs:
