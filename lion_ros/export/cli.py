@@ -1,6 +1,7 @@
 """`lion-build-engines`: export LION to ONNX and, where TensorRT is importable, build its engines.
 
     lion-build-engines --model MODEL_DIR --out ENGINE_DIR [--precision auto|bf16|fp16|fp32]
+                       [--decoder-weights float|int8]
                        [--max-batch N] [--max-beams N] [--max-new-tokens N] [--max-prompt-tokens N]
                        [--onnx-only] [--force]
 
@@ -16,6 +17,7 @@ from pathlib import Path
 
 from .engines import (
     BuildConfig,
+    EngineMetadata,
     EngineMismatchError,
     ProfileConfig,
     TensorRTUnavailable,
@@ -25,6 +27,7 @@ from .engines import (
     tensorrt_available,
 )
 from .graphs import PRECISIONS
+from .onnx import DECODER_WEIGHTS
 
 log = logging.getLogger("lion_ros.export")
 
@@ -37,6 +40,11 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--precision", choices=["auto", *PRECISIONS], default="auto",
                         help="auto: bf16 when TensorRT is present, else fp32 (ONNX Runtime CPU); fp16: "
                              "float16 T5 with float32 residual/RMSNorm/FFN output, for TensorRT without bf16")
+    parser.add_argument("--decoder-weights", choices=DECODER_WEIGHTS,
+                        help="int8: weight-only INT8 for the linear layers of the T5 decoder step except the LM "
+                             "head (int8 weights with per-output-channel scales, dequantized in the graph; "
+                             "activations keep --precision): about 2x (bf16/fp16) or 4x (fp32) fewer weight bytes "
+                             "read per generated token. Default: what --out was exported with, float for a new export")
     parser.add_argument("--max-batch", type=int, default=defaults.max_batch, help="questions per call")
     parser.add_argument("--max-beams", type=int, default=defaults.max_beams)
     parser.add_argument("--max-new-tokens", type=int, default=defaults.max_new_tokens)
@@ -68,8 +76,12 @@ def main(argv: list[str] | None = None) -> int:
         log.error("--out %s holds no export yet: pass --model", args.out)
         return 2
     try:
+        # Building plans from an existing export (no --model) must not turn it back into float.
+        decoder_weights = args.decoder_weights or (
+            EngineMetadata.load(args.out).decoder_weights if is_engine_dir(args.out) else "float")
         build = BuildConfig(
             precision=precision,
+            decoder_weights=decoder_weights,
             profiles=ProfileConfig(
                 max_batch=args.max_batch,
                 max_beams=args.max_beams,
@@ -91,7 +103,8 @@ def main(argv: list[str] | None = None) -> int:
         log.error("%s", exc)
         return 1
     built = "TensorRT engines + ONNX" if metadata.tensorrt else "ONNX only"
-    log.info("%s: %s, precision %s, model %s", args.out, built, metadata.precision, metadata.model_name)
+    log.info("%s: %s, precision %s, %s decoder weights, model %s", args.out, built, metadata.precision,
+             metadata.decoder_weights, metadata.model_name)
     return 0
 
 

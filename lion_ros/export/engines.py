@@ -115,6 +115,7 @@ class BuildConfig:
     profiles: ProfileConfig = field(default_factory=ProfileConfig)
     workspace_gib: float = 4.0  # TensorRT tactic scratch limit
     opset: int = 17
+    decoder_weights: str = "float"  # export.onnx.DECODER_WEIGHTS: "int8" = weight-only INT8 decoder step
 
 
 # ------------------------------------------------------------------------------------------
@@ -193,6 +194,7 @@ class EngineMetadata:
     source: dict[str, Any]  # source_fingerprint
     graphs: dict[str, dict[str, Any]]  # export.onnx.GraphSpec.to_dict() by graph name
     profiles: dict[str, int]  # ProfileConfig fields
+    decoder_weights: str = "float"  # directories exported before the option have float weights
     tensorrt: Optional[dict[str, Any]] = None  # TensorRTEnvironment fields + "plans": {graph: file}
 
     def to_json(self) -> str:
@@ -248,15 +250,16 @@ def check(
     *,
     backend: str,
     precision: Optional[str],
+    decoder_weights: Optional[str],
     profiles: Optional[ProfileConfig],
     source: Optional[dict[str, Any]],
     tensorrt: Optional[TensorRTEnvironment],
 ) -> tuple[list[str], list[str]]:
     """(export differences, TensorRT differences) between an engine directory and a request.
 
-    None means "not asked": a precision or profile the caller does not care about, a source the
-    caller cannot see (engines shipped without the model). Export differences invalidate
-    everything; TensorRT differences only the plans.
+    None means "not asked": a precision, decoder weights or profile the caller does not care
+    about, a source the caller cannot see (engines shipped without the model). Export differences
+    invalidate everything; TensorRT differences only the plans.
     """
     from .onnx import export_code_version
 
@@ -267,6 +270,8 @@ def check(
         export.append(f"export code: graphs exported by {metadata.export_code}, this code is {export_code_version()}")
     if precision is not None and metadata.precision != precision:
         export.append(f"precision: exported as {metadata.precision}, asked for {precision}")
+    if decoder_weights is not None and metadata.decoder_weights != decoder_weights:
+        export.append(f"decoder_weights: exported as {metadata.decoder_weights}, asked for {decoder_weights}")
     if source is not None and metadata.source.get("sha256") != source["sha256"]:
         changed = sorted(
             rel for rel in set(source["files"]) | set(metadata.source.get("files", {}))
@@ -310,9 +315,9 @@ def prepare(
 ) -> EngineMetadata:
     """An up-to-date engine directory for `backend`, building what is missing when allowed.
 
-    `build` None takes the directory as it is (precision and profiles not checked). A missing
-    directory is always built (that is not a mismatch); a mismatching one only with
-    `rebuild_on_mismatch`. `model_dir` defaults to the source recorded in the metadata.
+    `build` None takes the directory as it is (precision, decoder weights and profiles not
+    checked). A missing directory is always built (that is not a mismatch); a mismatching one only
+    with `rebuild_on_mismatch`. `model_dir` defaults to the source recorded in the metadata.
     """
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
@@ -328,6 +333,7 @@ def prepare(
     if metadata is not None and not force:
         export_diff, engine_diff = check(
             metadata, engine_dir, backend=backend, precision=build.precision if build else None,
+            decoder_weights=build.decoder_weights if build else None,
             profiles=build.profiles if build else None, source=source, tensorrt=environment,
         )
         if not export_diff and not engine_diff:
@@ -349,7 +355,8 @@ def prepare(
 
 
 def _build_config_of(metadata: EngineMetadata) -> BuildConfig:
-    return BuildConfig(precision=metadata.precision, profiles=ProfileConfig(**metadata.profiles), opset=metadata.opset)
+    return BuildConfig(precision=metadata.precision, profiles=ProfileConfig(**metadata.profiles), opset=metadata.opset,
+                       decoder_weights=metadata.decoder_weights)
 
 
 def _build_all(
@@ -372,7 +379,8 @@ def _build_all(
         log.info("loading %s for export", model_dir)
         # fp32 source weights: each precision plan then casts from full precision.
         model = LionModel.from_pretrained(model_dir, dtype="fp32")
-        specs = export_onnx(model, scratch / ONNX_DIR, ExportConfig(precision=build.precision, opset=build.opset))
+        specs = export_onnx(model, scratch / ONNX_DIR, ExportConfig(
+            precision=build.precision, opset=build.opset, decoder_weights=build.decoder_weights))
         del model
         for name in MODEL_FILES:
             shutil.copy2(model_dir / name, scratch / name)
@@ -389,6 +397,7 @@ def _build_all(
             source=source,
             graphs={name: spec.to_dict() for name, spec in specs.items()},
             profiles=dataclasses.asdict(build.profiles),
+            decoder_weights=build.decoder_weights,
         )
         if backend == "tensorrt":
             metadata.tensorrt = build_tensorrt(scratch, metadata, build, environment)

@@ -7,6 +7,9 @@ shapes other than the ones traced here.
 
 Graphs above the protobuf limit (2 GiB; the real ViT-g and FlanT5-XL halves are) keep their
 weights in one external `<graph>.onnx.data` file next to the graph.
+
+`decoder_weights="int8"` stores the decoder step's linear weights, all but the LM head, as int8
+with per-channel scales (`quantize.py`), applied to the traced graph before it is saved.
 """
 from __future__ import annotations
 
@@ -33,12 +36,15 @@ from .graphs import (
     cast_model,
     precision_plan,
 )
+from .quantize import quantize_weights_int8
 
 log = logging.getLogger(__name__)
 
 # Bump when the graphs' interface or semantics change; engines record it and are rebuilt.
 EXPORT_FORMAT_VERSION = 1
 GRAPH_NAMES = ("vision", "qformer", "t5_encoder", "t5_decoder_step")
+# "int8": weight-only INT8 linears in t5_decoder_step, the memory-bound graph run once per token.
+DECODER_WEIGHTS = ("float", "int8")
 PROTOBUF_LIMIT = 2 * 1024**3
 
 
@@ -47,7 +53,7 @@ def export_code_version() -> str:
     if someone forgets to bump EXPORT_FORMAT_VERSION."""
     digest = hashlib.sha256()
     here = Path(__file__).parent
-    for name in ("graphs.py", "onnx.py"):
+    for name in ("graphs.py", "onnx.py", "quantize.py"):
         digest.update((here / name).read_bytes())
     return f"{EXPORT_FORMAT_VERSION}+{digest.hexdigest()[:12]}"
 
@@ -58,6 +64,12 @@ class ExportConfig:
     opset: int = 17  # LayerNormalization is a single op from 17 on
     # Above this many bytes of weights a graph stores them externally (protobuf cannot hold 2 GiB).
     external_data_threshold: int = PROTOBUF_LIMIT - 64 * 1024**2
+    decoder_weights: str = "float"  # one of DECODER_WEIGHTS
+
+    def __post_init__(self) -> None:
+        if self.decoder_weights not in DECODER_WEIGHTS:
+            raise ValueError(f"decoder_weights must be one of {', '.join(DECODER_WEIGHTS)}, "
+                             f"got {self.decoder_weights!r}")
 
 
 @dataclass(frozen=True)
@@ -242,12 +254,13 @@ def export_onnx(
             inputs={k: _spec(v, axes.get(k, {})) for k, v in graph.inputs.items()},
             outputs={k: _spec(v, axes.get(k, {})) for k, v in zip(graph.outputs, outputs)},
         )
-        _export_one(graph, out_dir / f"{name}.onnx", config)
+        int8 = name == "t5_decoder_step" and config.decoder_weights == "int8"
+        _export_one(graph, out_dir / f"{name}.onnx", config, int8_weights=int8)
         log.info("exported %s in %.1f s", name, time.perf_counter() - started)
     return specs
 
 
-def _export_one(graph: _Graph, path: Path, config: ExportConfig) -> None:
+def _export_one(graph: _Graph, path: Path, config: ExportConfig, int8_weights: bool) -> None:
     with tempfile.TemporaryDirectory(dir=path.parent) as tmp, warnings.catch_warnings():
         # Tracer warnings flag Python-side shape arithmetic; the parity tests run every graph at
         # shapes other than the traced ones, which is the real check.
@@ -271,6 +284,10 @@ def _export_one(graph: _Graph, path: Path, config: ExportConfig) -> None:
         )
         proto = onnx.load(str(traced))  # pulls in external data the exporter may have written
     _check_interface(proto, names, graph.outputs, path.name)
+    if int8_weights:
+        summary = quantize_weights_int8(proto, float_heads=["logits"])
+        log.info("%s: %d weights to int8, %.1f MB -> %.1f MB (%.1f MB smaller)", path.stem, summary.weights,
+                 summary.bytes_before / 1e6, summary.bytes_after / 1e6, summary.saved_mb)
     weight_bytes = sum(len(t.raw_data) for t in proto.graph.initializer)
     external = weight_bytes > config.external_data_threshold
     data_file = path.with_name(path.name + ".data")

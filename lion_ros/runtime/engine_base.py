@@ -151,6 +151,7 @@ class EngineRuntime(PipelineRuntime):
                 build = BuildConfig(
                     precision=precision or current.precision,
                     profiles=profiles or ProfileConfig(**current.profiles),
+                    decoder_weights=current.decoder_weights,  # the runtimes take either
                 )
             return path, prepare(path, backend=backend, build=build, rebuild_on_mismatch=rebuild_on_mismatch)
         if not (path / "config.json").is_file():
