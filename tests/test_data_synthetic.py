@@ -286,3 +286,27 @@ def test_render_speed():
     per_scene_ms = (time.perf_counter() - start) / 30 * 1000
     # ~6-8 ms on one core; generous bound for a loaded CI machine.
     assert per_scene_ms < 40
+
+
+def test_patch_labels_name_the_nearest_object_under_each_patch():
+    from lion_ros.data.synthetic import CATEGORIES, PATCH_LABEL_CLASSES, patch_labels
+
+    scene = render_scene(scene_seed("train", 3))
+    grid = 10
+    labels = patch_labels(scene, grid).reshape(grid, grid, 3)
+    assert labels.shape == (grid, grid, 3) and labels.dtype == np.int64
+    assert all((labels[..., i] < n).all() for i, n in enumerate(PATCH_LABEL_CLASSES))
+    assert (labels == 0).all(-1).any()  # some patches see only table or wall
+    nearest = min(scene.objects, key=lambda o: o.depth_m)
+    x1, y1, x2, y2 = nearest.box
+    col = min(int((x1 + x2) / 2 / scene.width * grid), grid - 1)
+    row = min(int((y1 + y2) / 2 / scene.height * grid), grid - 1)
+    u, v = (col + 0.5) / grid * scene.width, (row + 0.5) / grid * scene.height
+    if x1 <= u < x2 and y1 <= v < y2:  # the patch centre lies on the nearest object's box
+        expected = (CATEGORIES.index(nearest.category) + 1, list(COLOURS).index(nearest.colour) + 1,
+                    SIZES.index(nearest.size) + 1)
+        assert tuple(labels[row, col]) == expected
+    labelled = {tuple(x) for x in labels.reshape(-1, 3) if x[0]}
+    described = {(CATEGORIES.index(o.category) + 1, list(COLOURS).index(o.colour) + 1, SIZES.index(o.size) + 1)
+                 for o in scene.objects}
+    assert labelled and labelled <= described

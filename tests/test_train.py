@@ -75,6 +75,26 @@ def test_resume_reproduces_the_next_step_loss(tokenizer_dir: Path, tmp_path: Pat
         assert got[step] == pytest.approx(expected[step], rel=1e-6, abs=1e-6)
 
 
+def test_dense_supervision_learns_and_resumes_exactly(tokenizer_dir: Path, tmp_path: Path) -> None:
+    """The per-patch probe loss falls, and its weights travel with checkpoints (exact resume)."""
+    full, resumed = tmp_path / "full", tmp_path / "resumed"
+    data = {"dense_supervision": 1.0}
+    run = {"checkpoint_every": 4, "keep_checkpoints": 5}
+    train(tiny_config(tokenizer_dir, full, data=data, run=run, optim={"steps": 8}))
+    with (full / "log.csv").open() as f:
+        dense = [float(row["loss_dense"]) for row in csv.DictReader(f)]
+    assert dense[0] > 0 and sum(dense[-2:]) / 2 < sum(dense[:2]) / 2
+    checkpoint = full / "checkpoints" / "step-0000004"
+    train(tiny_config(tokenizer_dir, resumed, data=data, run={**run, "resume": str(checkpoint)}, optim={"steps": 8}))
+    expected, got = logged_losses(full), logged_losses(resumed)
+    for step in (5, 8):
+        assert got[step] == pytest.approx(expected[step], rel=1e-6, abs=1e-6)
+    with pytest.raises(ValueError, match="dense_supervision"):
+        train(tiny_config(tokenizer_dir, tmp_path / "mismatch", run={**run, "resume": str(checkpoint)}))
+    with pytest.raises(ValueError, match="stage0"):
+        tiny_config(tokenizer_dir, tmp_path, stage="stage1", data=data)
+
+
 @pytest.fixture(scope="module")
 def stage0_dir(tokenizer_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("stage0")
@@ -247,7 +267,7 @@ def test_length_groups_give_the_same_loss_and_gradients(tokenizer_dir: Path, tmp
     results = []
     for groups in (1, 3):
         lion.zero_grad(set_to_none=True)
-        token_loss = TrainingModule(lion, length_groups=groups)(batch)
+        token_loss, _ = TrainingModule(lion, length_groups=groups)(batch)
         token_loss.sum().backward()
         grads = {n: p.grad.clone() for n, p in lion.named_parameters() if p.grad is not None}
         results.append((token_loss.detach(), grads))

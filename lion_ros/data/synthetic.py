@@ -525,6 +525,28 @@ def render_scene(seed: int, config: Optional[SceneConfig] = None, split: str = "
     raise RuntimeError(f"could not lay out a scene for seed {seed}; the config is too crowded")
 
 
+# Per-patch object labels (0 = no object): category, colour, size, in these orders.
+PATCH_LABEL_CLASSES: tuple[int, int, int] = (len(CATEGORIES) + 1, len(COLOURS) + 1, len(SIZES) + 1)
+
+
+def patch_labels(scene: Scene, grid: int) -> np.ndarray:
+    """[grid*grid, 3] int64 labels of a `grid`x`grid` patch layout of the (squashed) image: the
+    category, colour and size of the object whose visible box holds the patch centre, nearest
+    object first; 0 where the centre is on the table or the wall.
+
+    Dense targets for stage 0 of a model without a pretrained ViT: every patch of every image
+    gets a label, where the question-answer loss gives one weak signal per image."""
+    centres = (np.arange(grid) + 0.5) / grid
+    u, v = np.meshgrid(centres * scene.width, centres * scene.height)
+    labels = np.zeros((grid, grid, 3), np.int64)
+    for obj in sorted(scene.objects, key=lambda o: -o.depth_m):  # painter's order: near overwrites far
+        x1, y1, x2, y2 = obj.box
+        inside = (u >= x1) & (u < x2) & (v >= y1) & (v < y2)
+        labels[inside] = (CATEGORIES.index(obj.category) + 1, list(COLOURS).index(obj.colour) + 1,
+                          SIZES.index(obj.size) + 1)
+    return labels.reshape(grid * grid, 3)
+
+
 # ---------------------------------------------------------------------------------------
 # Sample generation
 # ---------------------------------------------------------------------------------------

@@ -78,6 +78,10 @@ class DataSection:
     # T5 runs once per group of questions with similar answer lengths (less padding); the
     # groups' T5 passes must not be recomputed in backward, so > 1 excludes gradient checkpointing.
     length_groups: int = 1
+    # Stage 0 only: weight of an auxiliary loss that makes the ViT name the object under every
+    # patch (category, colour, size; see data.synthetic.patch_labels). It stands in for the
+    # pretraining a from-scratch ViT lacks; the linear probe it trains is not part of the model.
+    dense_supervision: float = 0.0
 
 
 @dataclass
@@ -132,6 +136,10 @@ class TrainConfig:
         if self.data.length_groups > 1 and self.model.gradient_checkpointing:
             # Recomputed T5 blocks would read the whole batch's routing, not their group's.
             raise ValueError("data.length_groups > 1 cannot be combined with model.gradient_checkpointing")
+        if self.data.dense_supervision > 0 and self.stage != "stage0":
+            raise ValueError("data.dense_supervision trains the ViT, which only stage0 does")
+        if self.data.dense_supervision > 0 and self.run.distributed == "fsdp":
+            raise ValueError("data.dense_supervision is not supported with FSDP (its probe is not sharded)")
         if self.init.kind == "pretrained" and not self.init.path:
             raise ValueError("init.kind pretrained needs init.path")
 

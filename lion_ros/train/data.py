@@ -21,7 +21,7 @@ from torch.utils.data import Dataset, DistributedSampler
 
 from lion_ros.api import TaskKind
 from lion_ros.data.sample import Sample
-from lion_ros.data.synthetic import SyntheticDataset
+from lion_ros.data.synthetic import SyntheticDataset, patch_labels
 from lion_ros.preprocess import PreprocessConfig, preprocess_image
 from lion_ros.prompts import build_qformer_prompt, build_t5_prompt
 from lion_ros.tokenization import LionTokenizers
@@ -50,9 +50,10 @@ class TrainBatch:
     qformer_attention_mask: torch.Tensor
     labels: torch.Tensor  # [B, L], -100 at padding
     task_index: torch.Tensor  # [B] router rows (TaskKind)
+    patch_labels: Optional[torch.Tensor] = None  # [I, P, 3] per-patch object labels (dense supervision)
 
     def to(self, device: torch.device) -> "TrainBatch":
-        return TrainBatch(**{k: v.to(device, non_blocking=True) for k, v in vars(self).items()})
+        return TrainBatch(**{k: None if v is None else v.to(device, non_blocking=True) for k, v in vars(self).items()})
 
     @property
     def num_questions(self) -> int:
@@ -71,9 +72,12 @@ class Collator:
         # The Q-Former's text positions are learned embeddings: never exceed their number.
         self.qformer_max_tokens = min(config.max_prompt_tokens, qformer_max_tokens)
 
-    def __call__(self, groups: Sequence[tuple[np.ndarray, list[Sample]]], rng: np.random.Generator) -> TrainBatch:
+    def __call__(self, groups: Sequence[tuple[np.ndarray, list[Sample], Optional[np.ndarray]]],
+                 rng: np.random.Generator) -> TrainBatch:
+        """groups: (image, its samples, its patch labels or None) per image."""
         pixels, image_index, samples = [], [], []
-        for i, (image, group) in enumerate(groups):
+        labels = [group[2] for group in groups]
+        for i, (image, group, _) in enumerate(groups):
             pixels.append(preprocess_image(self._photometric(image, rng), self.preprocess))
             image_index += [i] * len(group)
             samples += group
@@ -96,6 +100,7 @@ class Collator:
             qformer_attention_mask=qformer["attention_mask"],
             labels=self.labels([s.answer for s in samples]),
             task_index=torch.tensor([int(s.task) for s in samples], dtype=torch.long),
+            patch_labels=None if labels[0] is None else torch.from_numpy(np.stack(labels)),
         )
 
     def labels(self, answers: Sequence[str]) -> torch.Tensor:
@@ -132,11 +137,14 @@ class SyntheticBatches(Dataset):
         rank: int = 0,
         world_size: int = 1,
         source: Optional[SyntheticDataset] = None,
+        patch_grid: int = 0,
     ) -> None:
+        """patch_grid > 0: also give each image its `patch_labels` on that grid (the ViT's)."""
         self.config = config
         self.collator = collator
         self.tasks = frozenset(tasks)
         self.seed = seed
+        self.patch_grid = patch_grid
         self.source = source or SyntheticDataset("train", config.num_scenes, config.synthetic, cache_size=1)
         self.sampler = DistributedSampler(
             range(self.source.num_scenes), num_replicas=world_size, rank=rank, shuffle=True, seed=seed,
@@ -160,12 +168,13 @@ class SyntheticBatches(Dataset):
         groups = [self._group(scene) for scene in self.order[k * per : (k + 1) * per]]
         return self.collator(groups, np.random.default_rng([self.seed, self.epoch, k, 1]))
 
-    def _group(self, scene_index: int) -> tuple[np.ndarray, list[Sample]]:
+    def _group(self, scene_index: int) -> tuple[np.ndarray, list[Sample], Optional[np.ndarray]]:
         samples = [s for s in self.source.scene_samples(scene_index) if s.task in self.tasks]
         rng = np.random.default_rng([self.seed, self.epoch, scene_index])
         n = min(self.config.questions_per_image, len(samples))
         chosen = [samples[i] for i in sorted(rng.choice(len(samples), size=n, replace=False))]
-        return self.source.scene(scene_index).rgb, chosen
+        scene = self.source.scene(scene_index)
+        return scene.rgb, chosen, patch_labels(scene, self.patch_grid) if self.patch_grid else None
 
 
 class BatchStream:

@@ -25,6 +25,7 @@ from torch import nn
 from tqdm import tqdm
 
 from lion_ros.api import TaskKind
+from lion_ros.data.synthetic import PATCH_LABEL_CLASSES
 from lion_ros.model.lion import ImageFeatures, LionModel
 from lion_ros.preprocess import PreprocessConfig
 from lion_ros.tokenization import LionTokenizers
@@ -52,17 +53,31 @@ class TrainingModule(nn.Module):
     130-token grounded caption otherwise pads every row to 130. The loss is unchanged.
     """
 
-    def __init__(self, lion: LionModel, length_groups: int = 1) -> None:
+    def __init__(self, lion: LionModel, length_groups: int = 1, dense_supervision: bool = False) -> None:
         super().__init__()
         self.lion = lion
         self.length_groups = length_groups
+        # A linear probe from the ViT's output tokens to per-patch object labels; training only.
+        self.probe = nn.Linear(lion.config.vision.hidden_size, sum(PATCH_LABEL_CLASSES)) if dense_supervision else None
 
-    def forward(self, batch: TrainBatch) -> torch.Tensor:
+    def forward(self, batch: TrainBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        """([B, L] per-token answer losses, the mean dense-supervision loss or 0)."""
         features = self.lion.encode_image(batch.pixel_values)
         token_loss = batch.labels.new_zeros(batch.labels.shape, dtype=torch.float32)
         for rows in self._groups(batch.labels):
             token_loss[rows, : self._label_length(batch.labels[rows])] = self._question_loss(batch, rows, features)
-        return token_loss  # [B, L]
+        dense_loss = token_loss.new_zeros(())
+        if self.probe is not None:
+            if batch.patch_labels is None or features.qformer_input is None:
+                raise ValueError("dense supervision needs patch labels and the ViT output (visual_input all/qformer)")
+            dense_loss = self._dense_loss(features.qformer_input[:, 1:], batch.patch_labels)  # drop CLS
+        return token_loss, dense_loss
+
+    def _dense_loss(self, patches: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Mean over the label kinds of the per-patch cross-entropy; patches [I, P, D], labels [I, P, 3]."""
+        logits = self.probe(patches.float()).split(PATCH_LABEL_CLASSES, dim=-1)
+        return torch.stack([F.cross_entropy(kind.flatten(0, 1), labels[..., i].flatten())
+                            for i, kind in enumerate(logits)]).mean()
 
     def _groups(self, labels: torch.Tensor) -> list[torch.Tensor]:
         lengths = (labels != -100).sum(1)
@@ -153,7 +168,8 @@ def train(config: TrainConfig) -> TrainResult:
     if resume_dir is not None:
         lion.load_checkpoint(resume_dir)  # before wrapping, so FSDP shards the resumed weights
     lion.to(env.device)
-    module = dist_utils.wrap(TrainingModule(lion, config.data.length_groups), config.run, env)
+    training_module = TrainingModule(lion, config.data.length_groups, config.data.dense_supervision > 0)
+    module = dist_utils.wrap(training_module, config.run, env)
     optimizer = torch.optim.AdamW(
         param_groups(module, config.optim.weight_decay), lr=config.optim.lr, betas=config.optim.betas,
         eps=config.optim.eps,
@@ -163,15 +179,17 @@ def train(config: TrainConfig) -> TrainResult:
     )
     step = 0
     if resume_dir is not None:
-        step = load_trainer_state(resume_dir, module, optimizer, scheduler, env)
+        step = load_trainer_state(resume_dir, module, optimizer, scheduler, env, training_module.probe)
         log.info("resumed from %s at step %d", resume_dir, step)
 
     collator = Collator(
         tokenizers, config.data, PreprocessConfig(image_size=lion.config.vision.image_size),
         qformer_max_tokens=lion.config.qformer.max_position_embeddings,
     )
+    vision = lion.config.vision
     dataset = SyntheticBatches(
-        config.data, collator, STAGE_TASKS[config.stage], config.run.seed, env.rank, env.world_size
+        config.data, collator, STAGE_TASKS[config.stage], config.run.seed, env.rank, env.world_size,
+        patch_grid=vision.image_size // vision.patch_size if training_module.probe is not None else 0,
     )
     stream = iter(BatchStream(dataset, step, config.data.num_workers, seed=config.run.seed))
     if env.is_main:
@@ -189,9 +207,9 @@ def train(config: TrainConfig) -> TrainResult:
         # backward lets gradient checkpointing recompute routed blocks.
         with lion.route(batch.task_index):
             with autocast:
-                token_loss = module(batch)
+                token_loss, dense_loss = module(batch)
             mask = batch.labels != -100
-            loss = token_loss.sum() / mask.sum()
+            loss = token_loss.sum() / mask.sum() + config.data.dense_supervision * dense_loss
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
         grad_norm = dist_utils.clip_grad_norm(module, config.optim.grad_clip)
@@ -203,6 +221,7 @@ def train(config: TrainConfig) -> TrainResult:
 
         if step % config.run.log_every == 0 or step == config.optim.steps:
             stats = _loss_stats(token_loss.detach(), mask, batch.task_index)
+            stats["loss_dense"] = float(dense_loss)
             stats = dist_utils.mean_over_ranks(stats, env)
             loss_value = stats["loss"]
             elapsed = time.time() - window_start
@@ -215,7 +234,8 @@ def train(config: TrainConfig) -> TrainResult:
         out_of_time = config.run.max_minutes > 0 and (time.time() - start_time) > 60 * config.run.max_minutes
         out_of_time = dist_utils.any_rank(out_of_time, env)
         if step % config.run.checkpoint_every == 0 or out_of_time:
-            save_checkpoint(out_dir, step, module, lion, tokenizers, optimizer, scheduler, config, env)
+            save_checkpoint(out_dir, step, module, lion, tokenizers, optimizer, scheduler, config, env,
+                            training_module.probe)
         if out_of_time:
             log.warning("stopping at step %d: run.max_minutes=%s reached", step, config.run.max_minutes)
             break
@@ -254,7 +274,8 @@ def _loss_stats(token_loss: torch.Tensor, mask: torch.Tensor, task_index: torch.
 class MetricLogger:
     """CSV + TensorBoard scalars on rank 0."""
 
-    FIELDS = ("step", "loss", "loss_region", "loss_image", "lr", "grad_norm", "samples_per_s", "elapsed_s")
+    FIELDS = ("step", "loss", "loss_region", "loss_image", "loss_dense", "lr", "grad_norm", "samples_per_s",
+              "elapsed_s")
 
     def __init__(self, out_dir: Path, enabled: bool, resume_step: int) -> None:
         self.enabled = enabled
@@ -289,7 +310,7 @@ class MetricLogger:
 def save_checkpoint(
     out_dir: Path, step: int, module: nn.Module, lion: LionModel, tokenizers: LionTokenizers,
     optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LRScheduler, config: TrainConfig,
-    env: dist_utils.DistEnv,
+    env: dist_utils.DistEnv, probe: Optional[nn.Module] = None,
 ) -> None:
     """Model + optimizer + scheduler + step + every rank's RNG, then prune old checkpoints.
 
@@ -300,7 +321,10 @@ def save_checkpoint(
         if env.is_main:
             lion.save_pretrained(ckpt)
             tokenizers.save(ckpt)
-            torch.save({"step": step, "optimizer": optim_state, "scheduler": scheduler.state_dict()}, ckpt / STATE_NAME)
+            state = {"step": step, "optimizer": optim_state, "scheduler": scheduler.state_dict()}
+            if probe is not None:  # not part of the model, but resuming needs it
+                state["probe"] = probe.state_dict()
+            torch.save(state, ckpt / STATE_NAME)
     dist_utils.barrier(env)
     rng = {"torch": torch.get_rng_state()}
     if torch.cuda.is_available():
@@ -316,9 +340,14 @@ def save_checkpoint(
 
 def load_trainer_state(
     ckpt: Path, module: nn.Module, optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LRScheduler, env: dist_utils.DistEnv,
+    scheduler: torch.optim.lr_scheduler.LRScheduler, env: dist_utils.DistEnv, probe: Optional[nn.Module] = None,
 ) -> int:
     state = torch.load(ckpt / STATE_NAME, map_location="cpu", weights_only=True)
+    if (probe is None) != ("probe" not in state):
+        raise ValueError(f"{ckpt} was saved {'without' if probe is not None else 'with'} data.dense_supervision; "
+                         "resume it with the same setting")
+    if probe is not None:
+        probe.load_state_dict(state["probe"])
     dist_utils.load_optimizer_state(module, optimizer, state["optimizer"], env)
     scheduler.load_state_dict(state["scheduler"])
     rng_file = ckpt / f"rng-rank{env.rank}.pt"
