@@ -221,7 +221,7 @@ def train(config: TrainConfig) -> TrainResult:
 
         if step % config.run.log_every == 0 or step == config.optim.steps:
             stats = _loss_stats(token_loss.detach(), mask, batch.task_index)
-            stats["loss_dense"] = float(dense_loss)
+            stats["loss_dense"] = float(dense_loss.detach())
             stats = dist_utils.mean_over_ranks(stats, env)
             loss_value = stats["loss"]
             elapsed = time.time() - window_start
