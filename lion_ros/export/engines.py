@@ -345,16 +345,17 @@ def prepare(
             )
         log.warning("engines in %s are stale, rebuilding: %s", engine_dir, "; ".join(export_diff + engine_diff))
         if not export_diff:
-            return _build_tensorrt_in_place(engine_dir, metadata, build or _build_config_of(metadata), environment)
+            return _build_tensorrt_in_place(engine_dir, metadata, build or build_config_of(metadata), environment)
     if model_dir is None:
         if force and metadata is not None and backend == "tensorrt":
-            return _build_tensorrt_in_place(engine_dir, metadata, build or _build_config_of(metadata), environment)
+            return _build_tensorrt_in_place(engine_dir, metadata, build or build_config_of(metadata), environment)
         raise EngineMismatchError(engine_dir, ["no model directory to export from (pass model_dir)"])
-    build = build or (_build_config_of(metadata) if metadata else BuildConfig())
+    build = build or (build_config_of(metadata) if metadata else BuildConfig())
     return _build_all(Path(model_dir), engine_dir, build, backend, source, environment)
 
 
-def _build_config_of(metadata: EngineMetadata) -> BuildConfig:
+def build_config_of(metadata: EngineMetadata) -> BuildConfig:
+    """The build settings an engine directory was made with (workspace size is not recorded)."""
     return BuildConfig(precision=metadata.precision, profiles=ProfileConfig(**metadata.profiles), opset=metadata.opset,
                        decoder_weights=metadata.decoder_weights)
 

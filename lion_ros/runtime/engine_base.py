@@ -22,6 +22,7 @@ from lion_ros.export.engines import (
     BuildConfig,
     EngineMetadata,
     ProfileConfig,
+    build_config_of,
     default_engine_dir,
     engine_precision,
     is_engine_dir,
@@ -147,12 +148,10 @@ class EngineRuntime(PipelineRuntime):
             if precision is None and profiles is None:
                 build = None
             else:
-                current = EngineMetadata.load(path)
-                build = BuildConfig(
-                    precision=precision or current.precision,
-                    profiles=profiles or ProfileConfig(**current.profiles),
-                    decoder_weights=current.decoder_weights,  # the runtimes take either
-                )
+                # Everything not asked for (decoder weights, opset) is taken as the directory has it.
+                build = build_config_of(EngineMetadata.load(path))
+                build = dataclasses.replace(build, precision=precision or build.precision,
+                                            profiles=profiles or build.profiles)
             return path, prepare(path, backend=backend, build=build, rebuild_on_mismatch=rebuild_on_mismatch)
         if not (path / "config.json").is_file():
             raise FileNotFoundError(f"{path} is neither a LION model directory (config.json) nor an engine "
