@@ -23,8 +23,8 @@ import numpy as np
 from tqdm import tqdm
 
 from lion_ros.data.sample import Sample
-from lion_ros.runtime.backends import BACKEND_CLASSES
 from lion_ros.eval.metrics import score_samples
+from lion_ros.runtime.backends import BACKEND_CLASSES
 
 # Headline metric -> (task name, score key). Always present in the output: null when a source
 # has no samples of that task.

@@ -13,16 +13,16 @@ class RuntimeUnavailable(RuntimeError):
 
 
 def make_runtime(params: NodeParams) -> LionRuntime:
-    if params.backend not in BACKEND_CLASSES:
-        raise RuntimeUnavailable(f"unknown backend {params.backend!r}; choose one of {', '.join(BACKEND_CLASSES)}")
+    try:
+        runtime_class(params.backend)
+    except ValueError as exc:  # unknown name
+        raise RuntimeUnavailable(str(exc)) from exc
+    except ImportError as exc:
+        raise RuntimeUnavailable(f"backend {params.backend!r} is not available here ({exc})") from exc
     model_path = params.resolved_model_path()
     if not model_path.is_dir():
         raise RuntimeUnavailable(f"model directory {model_path} does not exist (parameter model_path; "
                                  "empty = the shipped lion-nano, produced by the training scripts)")
-    try:
-        runtime_class(params.backend)
-    except ImportError as exc:
-        raise RuntimeUnavailable(f"backend {params.backend!r} is not available here ({exc})") from exc
     try:
         return load_runtime(params.backend, str(model_path), params.device, params.precision,
                             cuda_graphs=params.cuda_graphs)

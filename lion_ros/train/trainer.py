@@ -65,7 +65,8 @@ class TrainingModule(nn.Module):
         features = self.lion.encode_image(batch.pixel_values)
         token_loss = batch.labels.new_zeros(batch.labels.shape, dtype=torch.float32)
         for rows in self._groups(batch.labels):
-            token_loss[rows, : self._label_length(batch.labels[rows])] = self._question_loss(batch, rows, features)
+            group_loss = self._question_loss(batch, rows, features)  # [rows, the group's longest answer]
+            token_loss[rows, : group_loss.shape[1]] = group_loss
         dense_loss = token_loss.new_zeros(())
         if self.probe is not None:
             if batch.patch_labels is None or features.qformer_input is None:
@@ -84,15 +85,12 @@ class TrainingModule(nn.Module):
         order = torch.argsort(lengths, stable=True)
         return [rows for rows in order.tensor_split(min(self.length_groups, len(order))) if len(rows)]
 
-    @staticmethod
-    def _label_length(labels: torch.Tensor) -> int:
-        return int((labels != -100).sum(1).max())
-
     def _question_loss(self, batch: TrainBatch, rows: torch.Tensor, features: ImageFeatures) -> torch.Tensor:
         lion = self.lion
         prompt_length = int(batch.attention_mask[rows].sum(1).max())  # right-padded
         qformer_length = int(batch.qformer_attention_mask[rows].sum(1).max())
-        labels = batch.labels[rows, : self._label_length(batch.labels[rows])]
+        labels = batch.labels[rows]
+        labels = labels[:, : int((labels != -100).sum(1).max())]  # right-padded with -100
         image_rows = batch.image_index[rows]
         out = lion(
             input_ids=batch.input_ids[rows, :prompt_length],
