@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 from pathlib import Path
 
 import torch
@@ -19,34 +18,15 @@ import torch
 from lion_ros.api import TaskKind
 from lion_ros.data.synthetic import render_scene
 from lion_ros.ros.params import SHIPPED_MODEL
+from lion_ros.runtime.backends import BACKEND_CLASSES, load_runtime
 from lion_ros.runtime.base import GenerationSettings
+from timing import median_ms  # bench/timing.py
 
 QUESTIONS = [
     ("In the image <image>, can you locate the red cup and let me know its coordinates?", TaskKind.REGION),
     ("Is the cup left of the bowl?", TaskKind.IMAGE),
     ("How many objects are on the table?", TaskKind.IMAGE),
 ]
-
-
-def load(backend: str, model_dir: Path, device: str, threads: int):
-    if backend == "pytorch":
-        from lion_ros.runtime.pytorch import PyTorchRuntime
-
-        return PyTorchRuntime.from_pretrained(model_dir, device=device)
-    if backend == "onnxruntime":
-        from lion_ros.runtime.onnxruntime import OnnxRuntimeRuntime
-
-        return OnnxRuntimeRuntime.from_pretrained(model_dir, device=device, precision="fp32", threads=threads)
-    raise SystemExit(f"unknown backend {backend!r}")
-
-
-def median_ms(fn, repeats: int) -> tuple[float, object]:
-    times, result = [], None
-    for _ in range(repeats):
-        start = time.perf_counter()
-        result = fn()
-        times.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times), result
 
 
 def bench(runtime, rgb, settings: GenerationSettings, repeats: int) -> dict[str, float]:
@@ -72,7 +52,7 @@ def bench(runtime, rgb, settings: GenerationSettings, repeats: int) -> dict[str,
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", type=Path, default=SHIPPED_MODEL, help="model directory (default: lion-nano)")
-    parser.add_argument("--backends", nargs="+", default=["pytorch", "onnxruntime"])
+    parser.add_argument("--backends", nargs="+", default=["pytorch", "onnxruntime"], choices=list(BACKEND_CLASSES))
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=2, help="torch / ONNX Runtime intra-op threads")
     parser.add_argument("--repeats", type=int, default=7)
@@ -87,7 +67,9 @@ def main() -> None:
     settings = GenerationSettings(num_beams=args.beams, max_new_tokens=args.max_new_tokens)
     print(f"model {args.model} | device {args.device} | threads {args.threads} | beams {args.beams} | "
           f"max_new_tokens {args.max_new_tokens} | image {rgb.shape[1]}x{rgb.shape[0]} | median of {args.repeats}")
-    rows = {b: bench(load(b, args.model, args.device, args.threads), rgb, settings, args.repeats)
+    # precision None: each backend's default (the model's dtype policy; fp32 ONNX for a model directory).
+    rows = {b: bench(load_runtime(b, str(args.model), args.device, precision=None, threads=args.threads), rgb,
+                     settings, args.repeats)
             for b in args.backends}
     keys = ["encode_ms", "prefill_ms", "decode_ms", "answer_ms", "answer_fresh_ms", "tokens_per_s"]
     print("| backend | " + " | ".join(keys) + " | reuse speed-up |")

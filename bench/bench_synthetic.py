@@ -10,23 +10,12 @@ data loading never starves the trainer; ~6-8 ms per 640x480 scene on one idle co
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import torch
 
 from lion_ros.data.synthetic import render_scene
 from lion_ros.preprocess import PreprocessConfig, preprocess_image
-
-
-def median_ms(fn, items: list[int], repeats: int) -> float:
-    per_item = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        for item in items:
-            fn(item)
-        per_item.append((time.perf_counter() - start) / len(items) * 1000)
-    return statistics.median(per_item)
+from timing import median_ms  # bench/timing.py
 
 
 def main() -> None:
@@ -42,8 +31,9 @@ def main() -> None:
     render_scene(0)  # warm the geometry cache
     images = {seed: render_scene(seed).rgb for seed in seeds}
     config = PreprocessConfig(image_size=args.image_size)
-    render = median_ms(render_scene, seeds, args.repeats)
-    preprocess = median_ms(lambda seed: preprocess_image(images[seed], config), seeds, args.repeats)
+    render = median_ms(lambda: [render_scene(seed) for seed in seeds], args.repeats)[0] / len(seeds)
+    preprocess = median_ms(lambda: [preprocess_image(images[seed], config) for seed in seeds],
+                           args.repeats)[0] / len(seeds)
     print(f"render 640x480 scene: {render:.2f} ms (median of {args.repeats} x {args.scenes} scenes)")
     print(f"preprocess to {args.image_size} px:  {preprocess:.2f} ms")
     print(f"ratio render / preprocess: {render / preprocess:.1f}")

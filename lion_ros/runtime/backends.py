@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
-from typing import Any
+from typing import Any, Optional
 
 from lion_ros.runtime.base import LionRuntime
 
@@ -27,10 +27,13 @@ def runtime_class(backend: str) -> type:
         raise ImportError(f"{module_name}.{class_name}: {exc}") from exc
 
 
-def load_runtime(backend: str, path: str, device: str, precision: str = "auto", **options: Any) -> LionRuntime:
+def load_runtime(
+    backend: str, path: str, device: str, precision: Optional[str] = "auto", **options: Any
+) -> LionRuntime:
     """`backend`'s runtime for a model or engine directory.
 
-    The precision goes to the backend's own keyword (PyTorch: `dtype`, engines: `precision`);
+    The precision goes to the backend's own keyword (PyTorch: `dtype`, engines: `precision`;
+    None there means the backend's own default);
     `options` a backend does not take (e.g. `cuda_graphs` for PyTorch) are left out, so one set
     of settings serves every backend."""
     cls = runtime_class(backend)
