@@ -56,7 +56,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     from sensor_msgs.msg import Image
 
     from lion_ros.action import Ask as AskAction
-    from lion_ros.ros.ask_client import StreamPrinter, format_result
+    from lion_ros.ros.ask_client import StreamPrinter, Unreachable, ask, format_result
     from lion_ros.ros.errors import ErrorCode
     from lion_ros.ros.node import LionNode
     from lion_ros.ros.synthetic_camera import SyntheticCamera
@@ -86,12 +86,6 @@ def main(argv: Optional[list[str]] = None) -> int:
     action = ActionClient(client, AskAction, "/lion_node/ask")
     names = {c.value: c.name for c in ErrorCode}
 
-    def spin_until(future: Any, timeout_s: float) -> bool:
-        deadline = time.monotonic() + timeout_s
-        while not future.done() and time.monotonic() < deadline:
-            executor.spin_once(timeout_sec=0.05)
-        return future.done()
-
     failures = 0
     try:
         if not action.wait_for_server(timeout_sec=30.0):
@@ -102,23 +96,20 @@ def main(argv: Optional[list[str]] = None) -> int:
         for i, (task, question, reference) in enumerate(scripted_questions(camera.scene)):
             print(f"\n[{i + 1}] {task}: {question}\n    reference: {reference}\n    lion: ", end="", flush=True)
             printer = StreamPrinter(sys.stdout)
-            send = action.send_goal_async(AskAction.Goal(question=question), feedback_callback=lambda m: printer(m.feedback))
-            if not spin_until(send, 10.0) or not send.result().accepted:
+            try:
+                result = ask(action, executor, AskAction.Goal(question=question), args.timeout + 5.0, printer)
+            except Unreachable as e:
+                print(f"\n    no answer: {e}", file=sys.stderr)
                 failures += 1
                 continue
-            result_future = send.result().get_result_async()
-            done = spin_until(result_future, args.timeout + 5.0)
             printer.finish()
-            if not done:
-                print("    no result in time", file=sys.stderr)
-                failures += 1
-                continue
-            result = result_future.result().result
             failures += not result.success
             print("\n".join("    " + line for line in format_result(result, names)))
             if result.success:
                 stamp = result.detections.header.stamp
-                spin_until(_Predicate(lambda: any(a.header.stamp == stamp for a in annotated)), 3.0)
+                shown_by = time.monotonic() + 3.0  # the annotated image follows the result
+                while not any(a.header.stamp == stamp for a in annotated) and time.monotonic() < shown_by:
+                    executor.spin_once(timeout_sec=0.05)
                 image = next((a for a in reversed(annotated) if a.header.stamp == stamp), None)
                 if image is not None:
                     rgb = np.frombuffer(image.data, np.uint8).reshape(image.height, image.width, 3)
@@ -136,13 +127,6 @@ def main(argv: Optional[list[str]] = None) -> int:
         rclpy.try_shutdown(context=client_ctx)
     print(f"\n{'all questions answered' if not failures else f'{failures} questions failed'}; images in {out_dir}/")
     return EXIT_OK if not failures else EXIT_FAILED
-
-
-class _Predicate:
-    """A future-like view of a condition, for spin_until."""
-
-    def __init__(self, predicate):
-        self.done = predicate
 
 
 if __name__ == "__main__":

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import faulthandler
 import os
+import signal
 import socket
+import time
 from pathlib import Path
 
 import pytest
@@ -207,9 +210,15 @@ def test_handover_rejects_different_frozen_weights(tmp_path: Path) -> None:
         handover(image_dir, region_dir)
 
 
+DDP_DEADLINE_S = 300
+
+
 def _ddp_worker(rank: int, world_size: int, port: int, config: TrainConfig, out: str) -> None:
+    # gloo otherwise binds to whatever the hostname resolves to; in a sandbox that address may
+    # accept the bind but drop connections, and both ranks wait on each other until the timeout.
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
-                      WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank))
+                      WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank), GLOO_SOCKET_IFNAME="lo")
+    faulthandler.register(signal.SIGUSR1, all_threads=True)  # the test asks a hung rank where it is
     result = train(config)
     torch.save(tensors(result.model), Path(out) / f"params-rank{rank}.pt")
 
@@ -218,8 +227,20 @@ def test_two_process_gloo_ddp_ends_with_identical_parameters(tokenizer_dir: Path
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    config = tiny_config(tokenizer_dir, tmp_path, optim={"steps": 2}, data={"num_scenes": 32})
-    mp.spawn(_ddp_worker, args=(2, port, config, str(tmp_path)), nprocs=2, join=True)
+    config = tiny_config(tokenizer_dir, tmp_path, optim={"steps": 2}, data={"num_scenes": 32},
+                         run={"dist_timeout_minutes": 2.0})
+    ranks = mp.start_processes(_ddp_worker, args=(2, port, config, str(tmp_path)), nprocs=2, join=False)
+    deadline = time.monotonic() + DDP_DEADLINE_S
+    while not ranks.join(timeout=max(0.0, deadline - time.monotonic())):  # raises if a rank failed
+        if time.monotonic() >= deadline:
+            alive = [p for p in ranks.processes if p.is_alive()]
+            for p in alive:
+                os.kill(p.pid, signal.SIGUSR1)
+            time.sleep(2)
+            for p in alive:
+                p.kill()
+            pytest.fail(f"{len(alive)} of 2 gloo ranks still running after {DDP_DEADLINE_S} s "
+                        "(their stacks are in the captured stderr)")
     rank0 = torch.load(tmp_path / "params-rank0.pt", weights_only=True)
     rank1 = torch.load(tmp_path / "params-rank1.pt", weights_only=True)
     assert rank0.keys() == rank1.keys()

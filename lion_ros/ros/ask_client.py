@@ -13,7 +13,7 @@ from typing import Any, Callable, Optional, TextIO
 
 EXIT_OK, EXIT_ANSWER_ERROR, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 TASK_CHOICES = {"auto": 0, "image": 1, "region": 2}
-_GOAL_RESPONSE_S = 2.0
+_RESEND_S = 2.0
 
 
 def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
@@ -75,13 +75,14 @@ class StreamPrinter:
         self._out.write("\n")
 
 
-def ask(node: Any, executor: Any, goal: Any, timeout_s: float, on_feedback: Callable[[Any], None],
-        action_name: str) -> tuple[int, Any]:
-    """Send `goal` to `action_name` and spin until its result; returns (exit code, result or None)."""
-    from rclpy.action import ActionClient
-    from lion_ros.action import Ask as AskAction
+class Unreachable(Exception):
+    """The action server did not answer in time; the message says at which step."""
 
-    client = ActionClient(node, AskAction, action_name)
+
+def ask(client: Any, executor: Any, goal: Any, timeout_s: float, on_feedback: Callable[[Any], None]) -> Any:
+    """Send `goal` through the ActionClient `client`, spin `executor` until the result arrives and
+    return it. Raises Unreachable when the server is missing, never acknowledges the goal, or
+    gives no result within `timeout_s`; KeyboardInterrupt cancels the goal first."""
     deadline = time.monotonic() + timeout_s
 
     def spin_until(future: Any, until: float) -> bool:
@@ -89,35 +90,40 @@ def ask(node: Any, executor: Any, goal: Any, timeout_s: float, on_feedback: Call
             executor.spin_once(timeout_sec=0.05)
         return future.done()
 
+    def next_try() -> float:
+        return min(deadline, time.monotonic() + _RESEND_S)
+
+    if not client.wait_for_server(timeout_sec=min(timeout_s, 10.0)):
+        raise Unreachable("the action server was not found (is lion_node running and active?)")
+    # A request sent while discovery is still settling can be lost: the server is listed before it
+    # has matched our reply reader. Goal and result requests are answered promptly and idempotently
+    # (a repeated result request gets the same result), so silence means send again.
     handle = None
+    while handle is None and time.monotonic() < deadline:
+        send = client.send_goal_async(goal, feedback_callback=lambda msg: on_feedback(msg.feedback))
+        if spin_until(send, next_try()):
+            handle = send.result()
+    if handle is None:
+        raise Unreachable("the goal was never acknowledged")
+    if not handle.accepted:
+        raise Unreachable("the node rejected the goal (is it active?)")
     try:
-        if not client.wait_for_server(timeout_sec=min(timeout_s, 10.0)):
-            return EXIT_UNREACHABLE, None
-        # A goal request sent while discovery is still settling can be lost (the server is
-        # listed before it has matched us); the server accepts at once, so silence means resend.
-        while handle is None and time.monotonic() < deadline:
-            send = client.send_goal_async(goal, feedback_callback=lambda msg: on_feedback(msg.feedback))
-            if spin_until(send, min(deadline, time.monotonic() + _GOAL_RESPONSE_S)):
-                handle = send.result()
-        if handle is None or not handle.accepted:
-            return EXIT_UNREACHABLE, None
-        result_future = handle.get_result_async()
-        if not spin_until(result_future, deadline):
-            handle.cancel_goal_async()
-            return EXIT_UNREACHABLE, None
+        result = handle.get_result_async()
+        while not spin_until(result, next_try()):
+            if time.monotonic() >= deadline:
+                handle.cancel_goal_async()
+                raise Unreachable("no result")
+            result = handle.get_result_async()
     except KeyboardInterrupt:
-        if handle is not None and handle.accepted:
-            spin_until(handle.cancel_goal_async(), time.monotonic() + 2.0)
-        return EXIT_INTERRUPTED, None
-    finally:
-        client.destroy()
-    result = result_future.result().result
-    return (EXIT_OK if result.success else EXIT_ANSWER_ERROR), result
+        spin_until(handle.cancel_goal_async(), time.monotonic() + 2.0)
+        raise
+    return result.result().result
 
 
 def main(argv: Optional[list[str]] = None) -> int:
     args = parse_args(argv)
     import rclpy
+    from rclpy.action import ActionClient
     from rclpy.executors import SingleThreadedExecutor
     from lion_ros.action import Ask as AskAction
     from lion_ros.ros.errors import ErrorCode
@@ -133,23 +139,25 @@ def main(argv: Optional[list[str]] = None) -> int:
     goal = AskAction.Goal(question=args.question, camera=args.camera, tags=list(args.tags),
                           task=TASK_CHOICES[args.task], max_new_tokens=args.max_new_tokens)
     action_name = f"{args.node.rstrip('/')}/ask"
+    client = ActionClient(node, AskAction, action_name)
     try:
-        code, result = ask(node, executor, goal, args.timeout, (lambda f: None) if args.quiet else printer,
-                           action_name)
+        result = ask(client, executor, goal, args.timeout, (lambda f: None) if args.quiet else printer)
+    except Unreachable as e:
+        print(f"lion-ask-ros: no answer from action {action_name} within {args.timeout:.0f} s: {e}",
+              file=sys.stderr)
+        return EXIT_UNREACHABLE
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
     finally:
         if not args.quiet:
             printer.finish()
+        client.destroy()
         executor.shutdown()
         node.destroy_node()
         rclpy.try_shutdown()
-    if result is None:
-        if code == EXIT_UNREACHABLE:
-            print(f"lion-ask-ros: no answer from action {action_name} within {args.timeout:.0f} s "
-                  "(is lion_node running and active?)", file=sys.stderr)
-        return code
     names = {c.value: c.name for c in ErrorCode}
     print("\n".join(format_result(result, names)), file=sys.stdout if result.success else sys.stderr)
-    return code
+    return EXIT_OK if result.success else EXIT_ANSWER_ERROR
 
 
 if __name__ == "__main__":

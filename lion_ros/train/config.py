@@ -109,6 +109,7 @@ class RunSection:
     resume: str = ""  # a checkpoint directory, or "auto" for the latest one in output_dir
     distributed: str = "none"  # none | ddp | fsdp (chosen automatically under torchrun: ddp)
     max_minutes: float = 0.0  # stop (and save) after this much wall time; 0 = no limit
+    dist_timeout_minutes: float = 30.0  # rendezvous/collective timeout: a lost rank fails the run instead of hanging it
 
 
 @dataclass

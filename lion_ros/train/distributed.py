@@ -52,7 +52,8 @@ def setup(run: RunSection) -> DistEnv:
     if world_size > 1:
         if not dist.is_initialized():
             dist.init_process_group(
-                backend="nccl" if device.type == "cuda" else "gloo", timeout=datetime.timedelta(minutes=30)
+                backend="nccl" if device.type == "cuda" else "gloo",
+                timeout=datetime.timedelta(minutes=run.dist_timeout_minutes),
             )
         mode = "ddp" if mode == "none" else mode
     elif mode != "none":
