@@ -3,11 +3,12 @@
 #
 #   bash scripts/train_nano.sh [--baseline] [--eval-scenes N]
 #
-#   stage 0 (from scratch) -> stage 1 (image-level, Q-Former branch) || stage 2 (region-level,
-#   aggregator branch) -> stage 3 (hand-over, both branches) -> lion-eval on test + compositional
+#   stage 0 (from scratch, object labels) -> stage 0b (+ geometry labels) -> stage 1 (image-level,
+#   Q-Former branch) || stage 2 (region-level, aggregator branch) -> stage 3 (hand-over, both
+#   branches) -> lion-eval on test + compositional
 #
 # --baseline also trains the one-stage comparison (nano-mixed.yaml: stage 3's trainable set from
-# the stage-0 weights, as many samples as stages 1-3 together) alongside stages 1-3 and
+# the stage-0b weights, as many samples as stages 1-3 together) alongside stages 1-3 and
 # evaluates it. Logs: runs/nano/<stage>.log; models: runs/nano/<stage>/model. Every stage resumes
 # from its latest checkpoint, so an interrupted run continues where it stopped.
 set -euo pipefail
@@ -46,6 +47,7 @@ evaluate() {  # evaluate STAGE SPLIT
 
 start=$SECONDS
 stage stage0
+stage stage0b
 [[ $baseline == 1 ]] && { stage mixed & baseline_pid=$!; }
 stage stage1 & p1=$!
 stage stage2 & p2=$!

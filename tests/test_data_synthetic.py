@@ -278,13 +278,13 @@ def test_config_from_yaml_style_dict():
 
 
 def test_patch_labels_name_the_nearest_object_under_each_patch():
-    from lion_ros.data.synthetic import CATEGORIES, PATCH_LABEL_CLASSES, patch_labels
+    from lion_ros.data.synthetic import CATEGORIES, patch_label_classes, patch_labels
 
     scene = render_scene(scene_seed("train", 3))
     grid = 10
     labels = patch_labels(scene, grid).reshape(grid, grid, 3)
     assert labels.shape == (grid, grid, 3) and labels.dtype == np.int64
-    assert all((labels[..., i] < n).all() for i, n in enumerate(PATCH_LABEL_CLASSES))
+    assert all((labels[..., i] < n).all() for i, n in enumerate(patch_label_classes(["object"])))
     assert (labels == 0).all(-1).any()  # some patches see only table or wall
     nearest = min(scene.objects, key=lambda o: o.depth_m)
     x1, y1, x2, y2 = nearest.box
@@ -299,3 +299,31 @@ def test_patch_labels_name_the_nearest_object_under_each_patch():
     described = {(CATEGORIES.index(o.category) + 1, list(COLOURS).index(o.colour) + 1, SIZES.index(o.size) + 1)
                  for o in scene.objects}
     assert labelled and labelled <= described
+
+
+def test_geometry_patch_labels_give_box_digits_depth_rank_and_counts():
+    from lion_ros.data.synthetic import patch_label_classes, patch_labels
+
+    scene = render_scene(scene_seed("train", 5))
+    grid = 10
+    targets = ["object", "box", "depth", "count"]
+    classes = patch_label_classes(targets)
+    labels = patch_labels(scene, grid, targets)
+    assert labels.shape == (grid * grid, len(classes)) == (100, 14)
+    assert ((labels >= 0) & (labels < np.array(classes))).all()
+    np.testing.assert_array_equal(labels[:, :3], patch_labels(scene, grid))  # same objects, same patches
+    assert ((labels == 0).all(1) == (labels[:, 0] == 0)).all()  # background is 0 in every column
+    by_depth = sorted(scene.objects, key=lambda o: o.depth_m)
+    checked = 0
+    for row in labels[labels[:, 0] > 0]:
+        # Identify the object by its box digits, then check every column against the scene.
+        digits = [(d1 - 1) * 10 + (d2 - 1) for d1, d2 in zip(row[3:11:2], row[4:11:2])]
+        (obj,) = [o for o in scene.objects
+                  if [min(int(c * 100), 99) for c in scene.normalized_box(o)] == digits]
+        assert row[11] == by_depth.index(obj) + 1
+        assert row[12] == sum(o.category == obj.category for o in scene.objects)
+        assert row[13] == sum(o.colour == obj.colour for o in scene.objects)
+        checked += 1
+    assert checked > 0
+    with pytest.raises(ValueError, match="dense targets"):
+        patch_label_classes(["object", "shape"])

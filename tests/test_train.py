@@ -81,7 +81,7 @@ def test_resume_reproduces_the_next_step_loss(tokenizer_dir: Path, tmp_path: Pat
 def test_dense_supervision_learns_and_resumes_exactly(tokenizer_dir: Path, tmp_path: Path) -> None:
     """The per-patch probe loss falls, and its weights travel with checkpoints (exact resume)."""
     full, resumed = tmp_path / "full", tmp_path / "resumed"
-    data = {"dense_supervision": 1.0}
+    data = {"dense_supervision": 1.0, "dense_targets": ["object", "box", "depth", "count"]}
     run = {"checkpoint_every": 4, "keep_checkpoints": 5}
     train(tiny_config(tokenizer_dir, full, data=data, run=run, optim={"steps": 8}))
     with (full / "log.csv").open() as f:
@@ -94,8 +94,13 @@ def test_dense_supervision_learns_and_resumes_exactly(tokenizer_dir: Path, tmp_p
         assert got[step] == pytest.approx(expected[step], rel=1e-6, abs=1e-6)
     with pytest.raises(ValueError, match="dense_supervision"):
         train(tiny_config(tokenizer_dir, tmp_path / "mismatch", run={**run, "resume": str(checkpoint)}))
+    with pytest.raises(ValueError, match="dense_targets"):
+        train(tiny_config(tokenizer_dir, tmp_path / "mismatch", data={**data, "dense_targets": ["object"]},
+                          run={**run, "resume": str(checkpoint)}))
     with pytest.raises(ValueError, match="stage0"):
         tiny_config(tokenizer_dir, tmp_path, stage="stage1", data=data)
+    with pytest.raises(ValueError, match="dense targets"):
+        tiny_config(tokenizer_dir, tmp_path, data={**data, "dense_targets": ["object", "shape"]})
 
 
 @pytest.fixture(scope="module")

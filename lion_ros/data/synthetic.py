@@ -529,25 +529,62 @@ def render_scene(seed: int, config: Optional[SceneConfig] = None, split: str = "
 
 
 # Per-patch object labels (0 = no object): category, colour, size, in these orders.
-PATCH_LABEL_CLASSES: tuple[int, int, int] = (len(CATEGORIES) + 1, len(COLOURS) + 1, len(SIZES) + 1)
+# Per-patch label groups for dense supervision: name -> number of classes of each label in the
+# group, class 0 meaning "no object under this patch". "object" names the object; "box" gives the
+# first two decimals of its normalized x1, y1, x2, y2 (the digits a box answer is written with);
+# "depth" its near-to-far rank in the scene; "count" how many objects share its category and its
+# colour (ranks and counts above PATCH_COUNT_CAP share its class). Geometry and counts are what
+# region answers, spatial questions and counting read.
+PATCH_COUNT_CAP = 8
+PATCH_TARGETS: dict[str, tuple[int, ...]] = {
+    "object": (len(CATEGORIES) + 1, len(COLOURS) + 1, len(SIZES) + 1),
+    "box": (11,) * 8,
+    "depth": (PATCH_COUNT_CAP + 1,),
+    "count": (PATCH_COUNT_CAP + 1,) * 2,
+}
 
 
-def patch_labels(scene: Scene, grid: int) -> np.ndarray:
-    """[grid*grid, 3] int64 labels of a `grid`x`grid` patch layout of the (squashed) image: the
-    category, colour and size of the object whose visible box holds the patch centre, nearest
-    object first; 0 where the centre is on the table or the wall.
+def patch_label_classes(targets: Sequence[str]) -> tuple[int, ...]:
+    """Class counts of the columns `patch_labels(..., targets)` returns, in order."""
+    unknown = [t for t in targets if t not in PATCH_TARGETS]
+    if unknown or not targets:
+        raise ValueError(f"dense targets must be a non-empty subset of {list(PATCH_TARGETS)}, got {list(targets)}")
+    return tuple(n for t in targets for n in PATCH_TARGETS[t])
+
+
+def _object_labels(scene: Scene, obj: SceneObject, targets: Sequence[str]) -> list[int]:
+    labels: list[int] = []
+    for target in targets:
+        if target == "object":
+            labels += [CATEGORIES.index(obj.category) + 1, list(COLOURS).index(obj.colour) + 1,
+                       SIZES.index(obj.size) + 1]
+        elif target == "box":
+            for coordinate in scene.normalized_box(obj):
+                hundredths = min(int(coordinate * 100), 99)
+                labels += [hundredths // 10 + 1, hundredths % 10 + 1]
+        elif target == "depth":
+            labels.append(min(1 + sum(o.depth_m < obj.depth_m for o in scene.objects), PATCH_COUNT_CAP))
+        else:
+            labels += [min(sum(o.category == obj.category for o in scene.objects), PATCH_COUNT_CAP),
+                       min(sum(o.colour == obj.colour for o in scene.objects), PATCH_COUNT_CAP)]
+    return labels
+
+
+def patch_labels(scene: Scene, grid: int, targets: Sequence[str] = ("object",)) -> np.ndarray:
+    """[grid*grid, len(patch_label_classes(targets))] int64 labels of a `grid`x`grid` patch layout
+    of the (squashed) image, describing the object whose visible box holds the patch centre,
+    nearest object first; 0 where the centre is on the table or the wall.
 
     Dense targets for stage 0 of a model without a pretrained ViT: every patch of every image
-    gets a label, where the question-answer loss gives one weak signal per image."""
+    gets labels, where the question-answer loss gives one weak signal per image."""
     centres = (np.arange(grid) + 0.5) / grid
     u, v = np.meshgrid(centres * scene.width, centres * scene.height)
-    labels = np.zeros((grid, grid, 3), np.int64)
+    labels = np.zeros((grid, grid, len(patch_label_classes(targets))), np.int64)
     for obj in sorted(scene.objects, key=lambda o: -o.depth_m):  # painter's order: near overwrites far
         x1, y1, x2, y2 = obj.box
         inside = (u >= x1) & (u < x2) & (v >= y1) & (v < y2)
-        labels[inside] = (CATEGORIES.index(obj.category) + 1, list(COLOURS).index(obj.colour) + 1,
-                          SIZES.index(obj.size) + 1)
-    return labels.reshape(grid * grid, 3)
+        labels[inside] = _object_labels(scene, obj, targets)
+    return labels.reshape(grid * grid, -1)
 
 
 # ---------------------------------------------------------------------------------------

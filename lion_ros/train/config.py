@@ -12,7 +12,7 @@ from typing import Any, Mapping, Optional, Sequence
 
 import yaml
 
-from lion_ros.data.synthetic import SyntheticConfig
+from lion_ros.data.synthetic import SyntheticConfig, patch_label_classes
 
 STAGES = ("stage0", "stage1", "stage2", "stage3", "mixed")
 INIT_KINDS = ("scratch", "pretrained", "handover")
@@ -78,10 +78,12 @@ class DataSection:
     # T5 runs once per group of questions with similar answer lengths (less padding); the
     # groups' T5 passes must not be recomputed in backward, so > 1 excludes gradient checkpointing.
     length_groups: int = 1
-    # Stage 0 only: weight of an auxiliary loss that makes the ViT name the object under every
-    # patch (category, colour, size; see data.synthetic.patch_labels). It stands in for the
+    # Stage 0 only: weight of an auxiliary loss that makes the ViT describe the object under every
+    # patch (`dense_targets`; see data.synthetic.patch_labels). It stands in for the
     # pretraining a from-scratch ViT lacks; the linear probe it trains is not part of the model.
     dense_supervision: float = 0.0
+    # Which per-patch labels (data.synthetic.PATCH_TARGETS): object, box, depth, count.
+    dense_targets: list[str] = field(default_factory=lambda: ["object"])
 
 
 @dataclass
@@ -139,6 +141,8 @@ class TrainConfig:
             raise ValueError("data.length_groups > 1 cannot be combined with model.gradient_checkpointing")
         if self.data.dense_supervision > 0 and self.stage != "stage0":
             raise ValueError("data.dense_supervision trains the ViT, which only stage0 does")
+        if self.data.dense_supervision > 0:
+            patch_label_classes(self.data.dense_targets)  # raises on an unknown or empty list
         if self.data.dense_supervision > 0 and self.run.distributed == "fsdp":
             raise ValueError("data.dense_supervision is not supported with FSDP (its probe is not sharded)")
         if self.init.kind == "pretrained" and not self.init.path:

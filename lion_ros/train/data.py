@@ -50,7 +50,7 @@ class TrainBatch:
     qformer_attention_mask: torch.Tensor
     labels: torch.Tensor  # [B, L], -100 at padding
     task_index: torch.Tensor  # [B] router rows (TaskKind)
-    patch_labels: Optional[torch.Tensor] = None  # [I, P, 3] per-patch object labels (dense supervision)
+    patch_labels: Optional[torch.Tensor] = None  # [I, P, K] per-patch labels (dense supervision)
 
     def to(self, device: torch.device) -> "TrainBatch":
         return TrainBatch(**{k: None if v is None else v.to(device, non_blocking=True) for k, v in vars(self).items()})
@@ -138,13 +138,16 @@ class SyntheticBatches(Dataset):
         world_size: int = 1,
         source: Optional[SyntheticDataset] = None,
         patch_grid: int = 0,
+        patch_targets: Sequence[str] = (),
     ) -> None:
-        """patch_grid > 0: also give each image its `patch_labels` on that grid (the ViT's)."""
+        """patch_targets: also give each image its `patch_labels` of those groups on a
+        `patch_grid` x `patch_grid` layout (the ViT's)."""
         self.config = config
         self.collator = collator
         self.tasks = frozenset(tasks)
         self.seed = seed
         self.patch_grid = patch_grid
+        self.patch_targets = tuple(patch_targets)
         self.source = source or SyntheticDataset("train", config.num_scenes, config.synthetic, cache_size=1)
         self.sampler = DistributedSampler(
             range(self.source.num_scenes), num_replicas=world_size, rank=rank, shuffle=True, seed=seed,
@@ -174,7 +177,8 @@ class SyntheticBatches(Dataset):
         n = min(self.config.questions_per_image, len(samples))
         chosen = [samples[i] for i in sorted(rng.choice(len(samples), size=n, replace=False))]
         scene = self.source.scene(scene_index)
-        return scene.rgb, chosen, patch_labels(scene, self.patch_grid) if self.patch_grid else None
+        labels = patch_labels(scene, self.patch_grid, self.patch_targets) if self.patch_targets else None
+        return scene.rgb, chosen, labels
 
 
 class BatchStream:

@@ -25,7 +25,7 @@ from torch import nn
 from tqdm import tqdm
 
 from lion_ros.api import TaskKind
-from lion_ros.data.synthetic import PATCH_LABEL_CLASSES
+from lion_ros.data.synthetic import patch_label_classes
 from lion_ros.model.lion import ImageFeatures, LionModel
 from lion_ros.preprocess import PreprocessConfig
 from lion_ros.tokenization import LionTokenizers
@@ -53,12 +53,14 @@ class TrainingModule(nn.Module):
     130-token grounded caption otherwise pads every row to 130. The loss is unchanged.
     """
 
-    def __init__(self, lion: LionModel, length_groups: int = 1, dense_supervision: bool = False) -> None:
+    def __init__(self, lion: LionModel, length_groups: int = 1, dense_classes: tuple[int, ...] = ()) -> None:
         super().__init__()
         self.lion = lion
         self.length_groups = length_groups
-        # A linear probe from the ViT's output tokens to per-patch object labels; training only.
-        self.probe = nn.Linear(lion.config.vision.hidden_size, sum(PATCH_LABEL_CLASSES)) if dense_supervision else None
+        # A linear probe from the ViT's output tokens to per-patch labels (`dense_classes` classes
+        # per label, see data.synthetic.patch_labels); training only.
+        self.dense_classes = dense_classes
+        self.probe = nn.Linear(lion.config.vision.hidden_size, sum(dense_classes)) if dense_classes else None
 
     def forward(self, batch: TrainBatch) -> tuple[torch.Tensor, torch.Tensor]:
         """([B, L] per-token answer losses, the mean dense-supervision loss or 0)."""
@@ -75,8 +77,8 @@ class TrainingModule(nn.Module):
         return token_loss, dense_loss
 
     def _dense_loss(self, patches: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """Mean over the label kinds of the per-patch cross-entropy; patches [I, P, D], labels [I, P, 3]."""
-        logits = self.probe(patches.float()).split(PATCH_LABEL_CLASSES, dim=-1)
+        """Mean over the labels of the per-patch cross-entropy; patches [I, P, D], labels [I, P, K]."""
+        logits = self.probe(patches.float()).split(self.dense_classes, dim=-1)
         return torch.stack([F.cross_entropy(kind.flatten(0, 1), labels[..., i].flatten())
                             for i, kind in enumerate(logits)]).mean()
 
@@ -166,7 +168,9 @@ def train(config: TrainConfig) -> TrainResult:
     if resume_dir is not None:
         lion.load_checkpoint(resume_dir)  # before wrapping, so FSDP shards the resumed weights
     lion.to(env.device)
-    training_module = TrainingModule(lion, config.data.length_groups, config.data.dense_supervision > 0)
+    dense_targets = config.data.dense_targets if config.data.dense_supervision > 0 else []
+    training_module = TrainingModule(lion, config.data.length_groups, patch_label_classes(dense_targets)
+                                     if dense_targets else ())
     module = dist_utils.wrap(training_module, config.run, env)
     optimizer = torch.optim.AdamW(
         param_groups(module, config.optim.weight_decay), lr=config.optim.lr, betas=config.optim.betas,
@@ -187,7 +191,7 @@ def train(config: TrainConfig) -> TrainResult:
     vision = lion.config.vision
     dataset = SyntheticBatches(
         config.data, collator, STAGE_TASKS[config.stage], config.run.seed, env.rank, env.world_size,
-        patch_grid=vision.image_size // vision.patch_size if training_module.probe is not None else 0,
+        patch_grid=vision.image_size // vision.patch_size, patch_targets=dense_targets,
     )
     stream = iter(BatchStream(dataset, step, config.data.num_workers, seed=config.run.seed))
     if env.is_main:
@@ -345,6 +349,8 @@ def load_trainer_state(
         raise ValueError(f"{ckpt} was saved {'without' if probe is not None else 'with'} data.dense_supervision; "
                          "resume it with the same setting")
     if probe is not None:
+        if state["probe"]["weight"].shape != probe.weight.shape:
+            raise ValueError(f"{ckpt} was saved with other data.dense_targets; resume it with the same ones")
         probe.load_state_dict(state["probe"])
     dist_utils.load_optimizer_state(module, optimizer, state["optimizer"], env)
     scheduler.load_state_dict(state["scheduler"])
