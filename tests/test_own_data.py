@@ -21,8 +21,6 @@ from lion_ros.data.readers import DatasetFormatError, plural, read_coco_instance
 from lion_ros.data.sources import FORMATS, FileSource, load_source
 from lion_ros.data.synthetic import SyntheticConfig, SyntheticDataset
 from lion_ros.train import TrainConfig, train
-from lion_ros.train.config import TokenizerTraining
-from lion_ros.train.tokenizers import build_nano_tokenizers
 
 
 def parsed(answer: str) -> list[tuple[float, ...]]:
@@ -166,14 +164,6 @@ def test_load_rgb_errors(tmp_path: Path) -> None:
         load_rgb(str(tmp_path / "corrupt.png"))
     with pytest.raises(ImageReadError, match="exceeds 10 pixels"):
         load_rgb(str(tmp_path / "ok.png"), max_pixels=10)
-
-
-@pytest.fixture(scope="module")
-def tokenizer_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    directory = tmp_path_factory.mktemp("tokenizers")
-    build_nano_tokenizers(TokenizerTraining(t5_vocab_size=300, qformer_vocab_size=300, corpus_scenes=40),
-                          SyntheticConfig()).save(directory)
-    return directory
 
 
 def files_config(tokenizer_dir: Path, out: Path, files: list[dict], **data: object) -> TrainConfig:

@@ -12,7 +12,7 @@ import json
 import os
 import pickle
 from collections import Counter
-from typing import Any, Iterable, Optional
+from typing import Any, Iterable, Iterator, Optional
 
 from lion_ros import prompts
 from lion_ros.api import TaskKind
@@ -51,6 +51,18 @@ def _list(value: Any, path: str, context: str) -> list:
     if not isinstance(value, list):
         raise DatasetFormatError(f"{path}: expected a list for {context}, got {type(value).__name__}")
     return value
+
+
+def _jsonl_records(path: str, what: str) -> Iterator[tuple[int, Any]]:
+    """(line number, parsed object) of every non-blank line of a JSON-lines file."""
+    _check_file(path, what)
+    with open(path, encoding="utf-8") as f:
+        for line_no, line in enumerate(f, 1):
+            if line.strip():
+                try:
+                    yield line_no, json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise DatasetFormatError(f"{path}:{line_no}: not valid JSON: {e}") from e
 
 
 def _most_common(answers: Iterable[str]) -> str:
@@ -214,29 +226,21 @@ def read_gqa(path: str, split: str, image_root: str = "", variety_seed: Optional
 def read_vsr(path: str, split: str, image_root: str = "") -> ListDataset:
     """VSR `<split>.jsonl`: one JSON object per line with `image`, `caption`, `label` (1 true,
     0 false) and `relation`. Images: `<image_root>/<image>`."""
-    _check_file(path, "VSR jsonl file")
     samples = []
-    with open(path, encoding="utf-8") as f:
-        for line_no, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DatasetFormatError(f"{path}:{line_no}: not valid JSON: {e}") from e
-            where = f"line {line_no}"
-            caption = str(_get(rec, "caption", path, where))
-            label = _get(rec, "label", path, where)
-            if label not in (0, 1):
-                raise DatasetFormatError(f"{path}:{line_no}: label must be 0 or 1, got {label!r}")
-            answer = "yes" if label == 1 else "no"
-            sid = f"vsr/{split}/{line_no}"
-            samples.append(Sample(
-                id=sid, question=templates.VSR.format(caption=caption), answer=answer, task=TaskKind.IMAGE,
-                task_name="yesno", source="vsr", split=split,
-                image_path=os.path.join(image_root, str(_get(rec, "image", path, where))),
-                yes_no=label == 1, answers=[answer], tags=[str(rec.get("relation", ""))] if rec.get("relation") else [],
-            ))
+    for line_no, rec in _jsonl_records(path, "VSR jsonl file"):
+        where = f"line {line_no}"
+        caption = str(_get(rec, "caption", path, where))
+        label = _get(rec, "label", path, where)
+        if label not in (0, 1):
+            raise DatasetFormatError(f"{path}:{line_no}: label must be 0 or 1, got {label!r}")
+        answer = "yes" if label == 1 else "no"
+        sid = f"vsr/{split}/{line_no}"
+        samples.append(Sample(
+            id=sid, question=templates.VSR.format(caption=caption), answer=answer, task=TaskKind.IMAGE,
+            task_name="yesno", source="vsr", split=split,
+            image_path=os.path.join(image_root, str(_get(rec, "image", path, where))),
+            yes_no=label == 1, answers=[answer], tags=[str(rec.get("relation", ""))] if rec.get("relation") else [],
+        ))
     return ListDataset(samples)
 
 
@@ -503,50 +507,42 @@ def read_instructions(path: str, image_root: str = "", split: str = "train") -> 
     find_all; default inferred from the question like the node does), `tags` (list of
     strings), `width` / `height` (read from the image file when boxes need them), `id`.
     """
-    _check_file(path, "instruction jsonl file")
     samples = []
-    with open(path, encoding="utf-8") as f:
-        for line_no, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            where = f"line {line_no}"
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DatasetFormatError(f"{path}:{line_no}: not valid JSON: {e}") from e
-            image_path = os.path.join(image_root, str(_get(rec, "image", path, where)))
-            question = str(_get(rec, "question", path, where)).strip()
-            if not question:
-                raise DatasetFormatError(f"{path}:{line_no}: empty question")
-            task_name = str(rec.get("task", ""))
-            if task_name and task_name not in TASK_NAMES:
-                raise DatasetFormatError(f"{path}:{line_no}: unknown task {task_name!r}; expected one of "
-                                         f"{sorted(TASK_NAMES)}")
-            regions = []
-            if "boxes" in rec:
-                width, height = _image_size(rec, image_path, path, line_no)
-                for box in _list(rec["boxes"], path, f"boxes of {where}"):
-                    if not (isinstance(box, list) and len(box) == 4 and all(isinstance(v, (int, float)) for v in box)):
-                        raise DatasetFormatError(f"{path}:{line_no}: each box must be [x1, y1, x2, y2] in pixels")
-                    regions.append(RegionTarget(question, normalize_box(*box, width, height)))
-            if "answer" in rec:
-                answer = str(rec["answer"]).strip()
-            elif regions:
-                answer = boxes_target([r.box for r in regions])
-            else:
-                raise DatasetFormatError(f"{path}:{line_no}: needs an 'answer' or 'boxes'")
-            if not task_name:
-                task_name = "rec" if regions and len(regions) == 1 else "find_all" if regions else "vqa"
-                if not regions and prompts.infer_task(question) == TaskKind.REGION:
-                    task_name = "reg"
-            count = int(answer) if task_name == "count" and answer.isdigit() else None
-            samples.append(Sample(
-                id=str(rec.get("id", f"instructions/{split}/{line_no}")), question=question, answer=answer,
-                task=TaskKind.REGION if task_name in REGION_TASKS else TaskKind.IMAGE, task_name=task_name,
-                source="instructions", split=split, image_path=image_path, regions=regions, count=count,
-                yes_no=(answer.lower() == "yes") if task_name == "yesno" and answer.lower() in ("yes", "no") else None,
-                tags=[str(t) for t in _list(rec.get("tags", []), path, f"tags of {where}")], answers=[answer],
-            ))
+    for line_no, rec in _jsonl_records(path, "instruction jsonl file"):
+        where = f"line {line_no}"
+        image_path = os.path.join(image_root, str(_get(rec, "image", path, where)))
+        question = str(_get(rec, "question", path, where)).strip()
+        if not question:
+            raise DatasetFormatError(f"{path}:{line_no}: empty question")
+        task_name = str(rec.get("task", ""))
+        if task_name and task_name not in TASK_NAMES:
+            raise DatasetFormatError(f"{path}:{line_no}: unknown task {task_name!r}; expected one of "
+                                     f"{sorted(TASK_NAMES)}")
+        regions = []
+        if "boxes" in rec:
+            width, height = _image_size(rec, image_path, path, line_no)
+            for box in _list(rec["boxes"], path, f"boxes of {where}"):
+                if not (isinstance(box, list) and len(box) == 4 and all(isinstance(v, (int, float)) for v in box)):
+                    raise DatasetFormatError(f"{path}:{line_no}: each box must be [x1, y1, x2, y2] in pixels")
+                regions.append(RegionTarget(question, normalize_box(*box, width, height)))
+        if "answer" in rec:
+            answer = str(rec["answer"]).strip()
+        elif regions:
+            answer = boxes_target([r.box for r in regions])
+        else:
+            raise DatasetFormatError(f"{path}:{line_no}: needs an 'answer' or 'boxes'")
+        if not task_name:
+            task_name = "rec" if regions and len(regions) == 1 else "find_all" if regions else "vqa"
+            if not regions and prompts.infer_task(question) == TaskKind.REGION:
+                task_name = "reg"
+        count = int(answer) if task_name == "count" and answer.isdigit() else None
+        samples.append(Sample(
+            id=str(rec.get("id", f"instructions/{split}/{line_no}")), question=question, answer=answer,
+            task=TaskKind.REGION if task_name in REGION_TASKS else TaskKind.IMAGE, task_name=task_name,
+            source="instructions", split=split, image_path=image_path, regions=regions, count=count,
+            yes_no=(answer.lower() == "yes") if task_name == "yesno" and answer.lower() in ("yes", "no") else None,
+            tags=[str(t) for t in _list(rec.get("tags", []), path, f"tags of {where}")], answers=[answer],
+        ))
     return ListDataset(samples)
 
 
