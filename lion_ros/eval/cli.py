@@ -3,9 +3,10 @@
     lion-eval --model DIR --split test --num 50 --out runs/eval/test
     lion-eval --model ENGINE_DIR --backend onnxruntime --split test --num 50 --out runs/eval/test-ort
     lion-eval --model DIR --split none --vqav2 questions.json annotations.json --image-root val2014 --out ...
+    lion-eval --model DIR --split none --coco-instances instances_val.json --image-root images --out ...
 
 Sources: a synthetic split (canonical prompt of each task, `--num` scenes of 14 questions) and
-any public-format files given. Each image is encoded once and asked all its questions through
+any dataset files given (read through `lion_ros.data.sources`, as lion-train's `data.files`). Each image is encoded once and asked all its questions through
 the chosen runtime (`--backend`, PyTorch by default). Writes `metrics.json` (headline metrics,
 every per-task score, settings), `metrics.md` (the same as tables) and `predictions.jsonl`.
 """
