@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Train lion-nano end to end with the stage-wise pipeline and evaluate it on the held-out splits.
 #
-#   bash scripts/train_nano.sh [--baseline] [--eval-scenes N]
+#   bash scripts/train_nano.sh [--baseline] [--eval-scenes N] [--ship]
 #
 #   stage 0 (from scratch, object labels) -> stage 0b (+ geometry labels) -> stage 1 (image-level,
 #   Q-Former branch) || stage 2 (region-level, aggregator branch) -> stage 3 (hand-over, both
@@ -9,18 +9,22 @@
 #
 # --baseline also trains the one-stage comparison (nano-mixed.yaml: stage 3's trainable set from
 # the stage-0b weights, as many samples as stages 1-3 together) alongside stages 1-3 and
-# evaluates it. Logs: runs/nano/<stage>.log; models: runs/nano/<stage>/model. Every stage resumes
-# from its latest checkpoint, so an interrupted run continues where it stopped.
+# evaluates it. --ship copies the stage-3 model and its evaluation (metrics + predictions, which
+# tests/test_model_card.py checks the card and lion-eval against) into lion_ros/assets/lion-nano.
+# Logs: runs/nano/<stage>.log; models: runs/nano/<stage>/model. Every stage resumes from its
+# latest checkpoint, so an interrupted run continues where it stopped.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 baseline=0
+ship=0
 eval_scenes=48
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --baseline) baseline=1 ;;
     --eval-scenes) eval_scenes="$2"; shift ;;
-    -h|--help) sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    --ship) ship=1 ;;
+    -h|--help) sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
   shift
@@ -62,4 +66,13 @@ if [[ $baseline == 1 ]]; then
   evaluate mixed test & e1=$!
   evaluate mixed compositional & e2=$!
   wait "$e1" "$e2"
+fi
+if [[ $ship == 1 ]]; then
+  assets=lion_ros/assets/lion-nano
+  cp -r "$runs"/stage3/model/{config.json,model.safetensors,tokenizer,qformer_tokenizer} "$assets"/
+  for split in test compositional; do
+    mkdir -p "$assets/eval/$split"
+    cp "$runs/eval-stage3-$split"/{metrics.json,metrics.md,predictions.jsonl} "$assets/eval/$split"/
+  done
+  echo "shipped into $assets (update MODEL_CARD.md from $assets/eval/*/metrics.md)"
 fi

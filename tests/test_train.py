@@ -16,22 +16,11 @@ import torch
 import torch.multiprocessing as mp
 
 from lion_ros.api import TaskKind
-from lion_ros.data.synthetic import SyntheticConfig
 from lion_ros.model import LionConfig, LionModel, parameter_group
 from lion_ros.tokenization import LionTokenizers
 from lion_ros.train import TRAINABLE_GROUPS, TrainConfig, apply_freeze_policy, handover, train
-from lion_ros.train.config import TokenizerTraining
-from lion_ros.train.tokenizers import build_nano_tokenizers
 
 STAGE_MODES = {"stage1": "qformer", "stage2": "aggregator"}
-
-
-@pytest.fixture(scope="module")
-def tokenizer_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    directory = tmp_path_factory.mktemp("tokenizers")
-    build_nano_tokenizers(TokenizerTraining(t5_vocab_size=300, qformer_vocab_size=300, corpus_scenes=40),
-                          SyntheticConfig()).save(directory)
-    return directory
 
 
 def tiny_config(tokenizer_dir: Path, out: Path, **sections: dict) -> TrainConfig:

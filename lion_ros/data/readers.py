@@ -12,12 +12,12 @@ import json
 import os
 import pickle
 from collections import Counter
-from typing import Any, Iterable, Optional
+from typing import Any, Iterable, Iterator, Optional
 
 from lion_ros import prompts
 from lion_ros.api import TaskKind
 from lion_ros.data import templates
-from lion_ros.data.formatting import rec_target, xywh_to_normalized_xyxy
+from lion_ros.data.formatting import boxes_target, normalize_box, rec_target, xywh_to_normalized_xyxy
 from lion_ros.data.sample import ListDataset, RegionTarget, Sample
 
 
@@ -51,6 +51,18 @@ def _list(value: Any, path: str, context: str) -> list:
     if not isinstance(value, list):
         raise DatasetFormatError(f"{path}: expected a list for {context}, got {type(value).__name__}")
     return value
+
+
+def _jsonl_records(path: str, what: str) -> Iterator[tuple[int, Any]]:
+    """(line number, parsed object) of every non-blank line of a JSON-lines file."""
+    _check_file(path, what)
+    with open(path, encoding="utf-8") as f:
+        for line_no, line in enumerate(f, 1):
+            if line.strip():
+                try:
+                    yield line_no, json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise DatasetFormatError(f"{path}:{line_no}: not valid JSON: {e}") from e
 
 
 def _most_common(answers: Iterable[str]) -> str:
@@ -214,29 +226,21 @@ def read_gqa(path: str, split: str, image_root: str = "", variety_seed: Optional
 def read_vsr(path: str, split: str, image_root: str = "") -> ListDataset:
     """VSR `<split>.jsonl`: one JSON object per line with `image`, `caption`, `label` (1 true,
     0 false) and `relation`. Images: `<image_root>/<image>`."""
-    _check_file(path, "VSR jsonl file")
     samples = []
-    with open(path, encoding="utf-8") as f:
-        for line_no, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DatasetFormatError(f"{path}:{line_no}: not valid JSON: {e}") from e
-            where = f"line {line_no}"
-            caption = str(_get(rec, "caption", path, where))
-            label = _get(rec, "label", path, where)
-            if label not in (0, 1):
-                raise DatasetFormatError(f"{path}:{line_no}: label must be 0 or 1, got {label!r}")
-            answer = "yes" if label == 1 else "no"
-            sid = f"vsr/{split}/{line_no}"
-            samples.append(Sample(
-                id=sid, question=templates.VSR.format(caption=caption), answer=answer, task=TaskKind.IMAGE,
-                task_name="yesno", source="vsr", split=split,
-                image_path=os.path.join(image_root, str(_get(rec, "image", path, where))),
-                yes_no=label == 1, answers=[answer], tags=[str(rec.get("relation", ""))] if rec.get("relation") else [],
-            ))
+    for line_no, rec in _jsonl_records(path, "VSR jsonl file"):
+        where = f"line {line_no}"
+        caption = str(_get(rec, "caption", path, where))
+        label = _get(rec, "label", path, where)
+        if label not in (0, 1):
+            raise DatasetFormatError(f"{path}:{line_no}: label must be 0 or 1, got {label!r}")
+        answer = "yes" if label == 1 else "no"
+        sid = f"vsr/{split}/{line_no}"
+        samples.append(Sample(
+            id=sid, question=templates.VSR.format(caption=caption), answer=answer, task=TaskKind.IMAGE,
+            task_name="yesno", source="vsr", split=split,
+            image_path=os.path.join(image_root, str(_get(rec, "image", path, where))),
+            yes_no=label == 1, answers=[answer], tags=[str(rec.get("relation", ""))] if rec.get("relation") else [],
+        ))
     return ListDataset(samples)
 
 
@@ -394,7 +398,169 @@ def read_visual_genome(region_path: str, image_data_path: str, image_root: str =
     return ListDataset(samples)
 
 
+# ---------------------------------------------------------------------------------------
+# Your own scenes: detection labels and free-form instructions
+# ---------------------------------------------------------------------------------------
+
+def plural(noun: str) -> str:
+    """English plural of a category name ("mug" -> "mugs", "box" -> "boxes"), for prompts that
+    read it as a plural; multi-word names pluralise their last word."""
+    head, _, last = noun.rpartition(" ")
+    if last.endswith(("s", "x", "z", "ch", "sh")):
+        last += "es"
+    elif last.endswith("y") and last[-2:-1] not in tuple("aeiou"):
+        last = last[:-1] + "ies"
+    else:
+        last += "s"
+    return f"{head} {last}" if head else last
+
+
+def read_coco_instances(path: str, image_root: str = "", split: Optional[str] = None,
+                        variety_seed: Optional[int] = None) -> ListDataset:
+    """COCO `instances_<split>.json` (what CVAT, Label Studio and most labelling tools export) as
+    grounding and counting samples, per image:
+
+    - REC "the <category>" -> its box, and REG back, for every object whose category is unique
+      in the image (a repeated category has no unambiguous name from labels alone);
+    - "find all <categories>" -> every box of that category, left to right;
+    - "How many <categories> are there?" for every category present, and once for a category
+      of the file that the image does not show (answer 0), so the model also learns absence.
+
+    Crowd annotations (`iscrowd: 1`) are skipped. Tags are the image's category names.
+    """
+    data = _load_json(path, "COCO instances file")
+    split = split or _split_from_name(path, "instances_")
+    categories = {}
+    for cat in _list(_get(data, "categories", path, "the top level"), path, "'categories'"):
+        categories[_get(cat, "id", path, "a category")] = str(_get(cat, "name", path, "a category")).strip()
+    images = {}
+    for img in _list(_get(data, "images", path, "the top level"), path, "'images'"):
+        images[_get(img, "id", path, "an image")] = (
+            str(_get(img, "file_name", path, "an image")),
+            float(_get(img, "width", path, "an image")), float(_get(img, "height", path, "an image")),
+        )
+    objects: dict[Any, list[tuple[str, tuple[float, float, float, float]]]] = {image_id: [] for image_id in images}
+    for ann in _list(_get(data, "annotations", path, "the top level"), path, "'annotations'"):
+        if ann.get("iscrowd", 0) if isinstance(ann, dict) else False:
+            continue
+        image_id = _get(ann, "image_id", path, "an annotation")
+        category_id = _get(ann, "category_id", path, "an annotation")
+        if image_id not in images:
+            raise DatasetFormatError(f"{path}: annotation {ann.get('id')} refers to unknown image {image_id}")
+        if category_id not in categories:
+            raise DatasetFormatError(f"{path}: annotation {ann.get('id')} has unknown category {category_id}")
+        bbox = _get(ann, "bbox", path, "an annotation")
+        if not (isinstance(bbox, list) and len(bbox) == 4):
+            raise DatasetFormatError(f"{path}: annotation {ann.get('id')} bbox must be [x, y, w, h]")
+        _, width, height = images[image_id]
+        objects[image_id].append((categories[category_id], xywh_to_normalized_xyxy(*bbox, width, height)))
+    names = sorted(set(categories.values()))
+    samples: list[Sample] = []
+    for image_id, objs in objects.items():
+        file_name, width, height = images[image_id]
+        present = sorted({name for name, _ in objs})
+        common = dict(source="coco_instances", split=split, image_path=os.path.join(image_root, file_name),
+                      image_size=(int(width), int(height)), tags=present)
+        prefix = f"coco_instances/{image_id}"
+        for name in present:
+            boxes = sorted((box for n, box in objs if n == name), key=lambda b: (b[0] + b[2], b[1]))
+            regions = [RegionTarget(f"the {name}", box) for box in boxes]
+            sid = f"{prefix}/find_all/{name}"
+            samples.append(Sample(
+                id=sid, question=prompts.find_all_prompt(plural(name), templates.choice_for(sid, variety_seed)),
+                answer=boxes_target(boxes), task=TaskKind.REGION, task_name="find_all", regions=regions,
+                count=len(boxes), **common,
+            ))
+            if len(boxes) == 1:
+                for task in ("rec", "reg"):
+                    sid = f"{prefix}/{task}/{name}"
+                    choice = templates.choice_for(sid, variety_seed)
+                    question = prompts.rec_prompt(f"the {name}", choice) if task == "rec" else \
+                        prompts.reg_prompt(boxes[0], choice)
+                    answer = rec_target(boxes[0]) if task == "rec" else f"the {name}"
+                    samples.append(Sample(id=sid, question=question, answer=answer, task=TaskKind.REGION,
+                                          task_name=task, regions=regions, answers=[answer], **common))
+        absent = [name for name in names if name not in present]
+        counted = present + ([absent[templates.choice_for(prefix, 0) % len(absent)]] if absent else [])
+        for name in counted:
+            n = sum(o == name for o, _ in objs)
+            samples.append(Sample(
+                id=f"{prefix}/count/{name}", question=f"How many {plural(name)} are there?", answer=str(n),
+                task=TaskKind.IMAGE, task_name="count", count=n, answers=[str(n)], **common,
+            ))
+    return ListDataset(samples)
+
+
+REGION_TASKS = frozenset({"rec", "reg", "grounded_caption", "find_all"})
+TASK_NAMES = frozenset({"caption", "vqa", "yesno", "count", "attribute"}) | REGION_TASKS
+
+
+def read_instructions(path: str, image_root: str = "", split: str = "train") -> ListDataset:
+    """Free-form instruction data, one JSON object per line:
+
+        {"image": "shelf/0001.jpg", "question": "Is the drawer open?", "answer": "no"}
+        {"image": "shelf/0002.jpg", "question": "Where is the red mug?", "boxes": [[412, 80, 470, 151]]}
+
+    `image` is relative to `image_root`. `boxes` are pixel [x1, y1, x2, y2] of the image; a row
+    with boxes and no `answer` gets the box answer (`Answer: [..]`, normalised, 3 decimals).
+    Optional: `task` (caption, vqa, yesno, count, attribute, rec, reg, grounded_caption,
+    find_all; default inferred from the question like the node does), `tags` (list of
+    strings), `width` / `height` (read from the image file when boxes need them), `id`.
+    """
+    samples = []
+    for line_no, rec in _jsonl_records(path, "instruction jsonl file"):
+        where = f"line {line_no}"
+        image_path = os.path.join(image_root, str(_get(rec, "image", path, where)))
+        question = str(_get(rec, "question", path, where)).strip()
+        if not question:
+            raise DatasetFormatError(f"{path}:{line_no}: empty question")
+        task_name = str(rec.get("task", ""))
+        if task_name and task_name not in TASK_NAMES:
+            raise DatasetFormatError(f"{path}:{line_no}: unknown task {task_name!r}; expected one of "
+                                     f"{sorted(TASK_NAMES)}")
+        regions = []
+        if "boxes" in rec:
+            width, height = _image_size(rec, image_path, path, line_no)
+            for box in _list(rec["boxes"], path, f"boxes of {where}"):
+                if not (isinstance(box, list) and len(box) == 4 and all(isinstance(v, (int, float)) for v in box)):
+                    raise DatasetFormatError(f"{path}:{line_no}: each box must be [x1, y1, x2, y2] in pixels")
+                regions.append(RegionTarget(question, normalize_box(*box, width, height)))
+        if "answer" in rec:
+            answer = str(rec["answer"]).strip()
+        elif regions:
+            answer = boxes_target([r.box for r in regions])
+        else:
+            raise DatasetFormatError(f"{path}:{line_no}: needs an 'answer' or 'boxes'")
+        if not task_name:
+            task_name = "rec" if regions and len(regions) == 1 else "find_all" if regions else "vqa"
+            if not regions and prompts.infer_task(question) == TaskKind.REGION:
+                task_name = "reg"
+        count = int(answer) if task_name == "count" and answer.isdigit() else None
+        samples.append(Sample(
+            id=str(rec.get("id", f"instructions/{split}/{line_no}")), question=question, answer=answer,
+            task=TaskKind.REGION if task_name in REGION_TASKS else TaskKind.IMAGE, task_name=task_name,
+            source="instructions", split=split, image_path=image_path, regions=regions, count=count,
+            yes_no=(answer.lower() == "yes") if task_name == "yesno" and answer.lower() in ("yes", "no") else None,
+            tags=[str(t) for t in _list(rec.get("tags", []), path, f"tags of {where}")], answers=[answer],
+        ))
+    return ListDataset(samples)
+
+
+def _image_size(rec: dict, image_path: str, path: str, line_no: int) -> tuple[float, float]:
+    if "width" in rec and "height" in rec:
+        return float(rec["width"]), float(rec["height"])
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(image_path) as image:  # reads the header only
+            return float(image.width), float(image.height)
+    except (OSError, UnidentifiedImageError) as e:
+        raise DatasetFormatError(f"{path}:{line_no}: boxes need the image size and {image_path} "
+                                 f"could not be read ({e}); add 'width' and 'height'") from e
+
+
 __all__ = [
     "DatasetFormatError", "RestrictedUnpickler", "safe_load_pickle", "REFER_SPLITS", "read_coco_captions",
     "read_vqav2", "read_okvqa", "read_aokvqa", "read_gqa", "read_vsr", "read_refcoco", "read_visual_genome",
+    "read_coco_instances", "read_instructions", "plural",
 ]

@@ -3,9 +3,10 @@
     lion-eval --model DIR --split test --num 50 --out runs/eval/test
     lion-eval --model ENGINE_DIR --backend onnxruntime --split test --num 50 --out runs/eval/test-ort
     lion-eval --model DIR --split none --vqav2 questions.json annotations.json --image-root val2014 --out ...
+    lion-eval --model DIR --split none --coco-instances instances_val.json --image-root images --out ...
 
 Sources: a synthetic split (canonical prompt of each task, `--num` scenes of 14 questions) and
-any public-format files given. Each image is encoded once and asked all its questions through
+any dataset files given (read through `lion_ros.data.sources`, as lion-train's `data.files`). Each image is encoded once and asked all its questions through
 the chosen runtime (`--backend`, PyTorch by default). Writes `metrics.json` (headline metrics,
 every per-task score, settings), `metrics.md` (the same as tables) and `predictions.jsonl`.
 """
@@ -17,11 +18,12 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import numpy as np
 from tqdm import tqdm
 
+from lion_ros.data.images import load_rgb
 from lion_ros.data.sample import Sample
 from lion_ros.eval.metrics import score_samples
 from lion_ros.runtime.backends import BACKEND_CLASSES
@@ -79,6 +81,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--refcoco", nargs=2, metavar=("REFS", "INSTANCES"), help="refer-style refs(..).p + instances.json")
     parser.add_argument("--refcoco-split", default="val", help="split of --refcoco (val, testA, ...)")
     parser.add_argument("--vsr", metavar="FILE", help="VSR jsonl (spatial yes/no)")
+    parser.add_argument("--coco-instances", metavar="FILE",
+                        help="COCO instances json of your own scenes (REC, find-all, counting from its labels)")
+    parser.add_argument("--instructions", metavar="FILE", help="instruction jsonl (see lion_ros.data.readers.read_instructions)")
     return parser.parse_args(argv)
 
 
@@ -90,32 +95,27 @@ def synthetic_source(split: str, num_scenes: int) -> EvalSource:
 
 
 def public_sources(args: argparse.Namespace) -> list[EvalSource]:
-    from lion_ros.data import readers
+    from lion_ros.data.sources import FileSource, load_source
 
-    root = args.image_root
-    loaders: list[tuple[str, Callable[[], Any]]] = []
+    common = dict(image_root=args.image_root, limit=args.limit)
+    specs: list[tuple[str, FileSource]] = []
     if args.vqav2:
-        loaders.append(("vqav2", lambda: readers.read_vqav2(*args.vqav2, image_root=root)))
+        specs.append(("vqav2", FileSource("vqav2", args.vqav2[0], args.vqav2[1], **common)))
     if args.coco_captions:
-        loaders.append(("coco-captions", lambda: readers.read_coco_captions(args.coco_captions, root, per_image=True)))
+        specs.append(("coco-captions", FileSource("coco_captions", args.coco_captions, per_image=True, **common)))
     if args.refcoco:
-        loaders.append(("refcoco", lambda: readers.read_refcoco(*args.refcoco, split=args.refcoco_split, image_root=root)))
+        specs.append(("refcoco", FileSource("refcoco", *args.refcoco, split=args.refcoco_split, **common)))
     if args.vsr:
-        loaders.append(("vsr", lambda: readers.read_vsr(args.vsr, split=Path(args.vsr).stem, image_root=root)))
-    sources = []
-    for name, load in loaders:
-        samples = list(load())
-        sources.append(EvalSource(name, samples[: args.limit] if args.limit else samples))
-    return sources
+        specs.append(("vsr", FileSource("vsr", args.vsr, split=Path(args.vsr).stem, **common)))
+    if args.coco_instances:
+        specs.append(("coco-instances", FileSource("coco_instances", args.coco_instances, **common)))
+    if args.instructions:
+        specs.append(("instructions", FileSource("instructions", args.instructions, split="eval", **common)))
+    return [EvalSource(name, list(load_source(spec))) for name, spec in specs]
 
 
 def load_image(sample: Sample) -> np.ndarray:
-    if sample.image is not None:
-        return sample.image
-    from PIL import Image
-
-    with Image.open(sample.image_path) as image:
-        return np.asarray(image.convert("RGB"))
+    return sample.image if sample.image is not None else load_rgb(sample.image_path)
 
 
 def image_key(sample: Sample) -> Any:

@@ -12,6 +12,7 @@ from typing import Any, Mapping, Optional, Sequence
 
 import yaml
 
+from lion_ros.data.sources import FileSource
 from lion_ros.data.synthetic import SyntheticConfig, patch_label_classes
 
 STAGES = ("stage0", "stage1", "stage2", "stage3", "mixed")
@@ -64,9 +65,15 @@ class InitSection:
 @dataclass
 class DataSection:
     """Batches hold `images_per_batch` images with `questions_per_image` questions each: the
-    ViT and the aggregator run once per image, the Q-Former and T5 once per question."""
+    ViT and the aggregator run once per image, the Q-Former and T5 once per question.
+
+    The images come from the synthetic scene generator, or, when `files` lists dataset files
+    (your own scenes: COCO instances, instruction jsonl, or the public formats of
+    `lion_ros.data.sources.FORMATS`), from those files only.
+    """
 
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+    files: list[FileSource] = field(default_factory=list)
     num_scenes: int = 100_000  # size of the training scene pool (rendered on the fly)
     images_per_batch: int = 8
     questions_per_image: int = 4
@@ -141,6 +148,9 @@ class TrainConfig:
             raise ValueError("data.length_groups > 1 cannot be combined with model.gradient_checkpointing")
         if self.data.dense_supervision > 0 and self.stage != "stage0":
             raise ValueError("data.dense_supervision trains the ViT, which only stage0 does")
+        if self.data.dense_supervision > 0 and self.data.files:
+            raise ValueError("data.dense_supervision needs per-patch labels, which only synthetic scenes have; "
+                             "remove it or data.files")
         if self.data.dense_supervision > 0:
             patch_label_classes(self.data.dense_targets)  # raises on an unknown or empty list
         if self.data.dense_supervision > 0 and self.run.distributed == "fsdp":
@@ -196,6 +206,10 @@ def _build(cls: type, data: Mapping[str, Any] | None) -> Any:
             value = _build(sub, value)
         elif isinstance(value, list) and name == "betas":
             value = tuple(value)
+        elif isinstance(value, list) and name == "files":
+            if not all(isinstance(item, Mapping) for item in value):
+                raise ValueError("each data.files entry is a mapping with at least 'format' and 'path'")
+            value = [_build(FileSource, item) for item in value]
         kwargs[name] = value
     return cls(**kwargs)
 

@@ -13,6 +13,7 @@ right, counts of objects cut by a crop), and synthetic scenes are unlimited anyw
 from __future__ import annotations
 
 from dataclasses import dataclass
+import os
 from typing import Iterator, Optional, Sequence
 
 import numpy as np
@@ -20,7 +21,9 @@ import torch
 from torch.utils.data import Dataset, DistributedSampler
 
 from lion_ros.api import TaskKind
+from lion_ros.data.images import load_rgb
 from lion_ros.data.sample import Sample
+from lion_ros.data.sources import load_source
 from lion_ros.data.synthetic import SyntheticDataset, patch_labels
 from lion_ros.preprocess import PreprocessConfig, preprocess_image
 from lion_ros.prompts import build_qformer_prompt, build_t5_prompt
@@ -125,33 +128,19 @@ class Collator:
         return np.clip(out, 0, 255).astype(np.uint8)
 
 
-class SyntheticBatches(Dataset):
-    """Batch `k` of one epoch on one rank; map-style so a DataLoader can prefetch in workers."""
+class ImageBatches(Dataset):
+    """Batch `k` of one epoch on one rank over `num_images` images, each with up to
+    `questions_per_image` of its questions; map-style so a DataLoader can prefetch in workers.
+    Subclasses say what image `i` and its candidate questions are."""
 
-    def __init__(
-        self,
-        config: DataSection,
-        collator: Collator,
-        tasks: Sequence[TaskKind],
-        seed: int,
-        rank: int = 0,
-        world_size: int = 1,
-        source: Optional[SyntheticDataset] = None,
-        patch_grid: int = 0,
-        patch_targets: Sequence[str] = (),
-    ) -> None:
-        """patch_targets: also give each image its `patch_labels` of those groups on a
-        `patch_grid` x `patch_grid` layout (the ViT's)."""
+    def __init__(self, config: DataSection, collator: Collator, tasks: Sequence[TaskKind], seed: int,
+                 num_images: int, rank: int = 0, world_size: int = 1) -> None:
         self.config = config
         self.collator = collator
         self.tasks = frozenset(tasks)
         self.seed = seed
-        self.patch_grid = patch_grid
-        self.patch_targets = tuple(patch_targets)
-        self.source = source or SyntheticDataset("train", config.num_scenes, config.synthetic, cache_size=1)
         self.sampler = DistributedSampler(
-            range(self.source.num_scenes), num_replicas=world_size, rank=rank, shuffle=True, seed=seed,
-            drop_last=True,
+            range(num_images), num_replicas=world_size, rank=rank, shuffle=True, seed=seed, drop_last=True,
         )
         self.epoch = -1
         self.order: list[int] = []
@@ -168,23 +157,85 @@ class SyntheticBatches(Dataset):
 
     def __getitem__(self, k: int) -> TrainBatch:
         per = self.config.images_per_batch
-        groups = [self._group(scene) for scene in self.order[k * per : (k + 1) * per]]
+        groups = [self._group(index) for index in self.order[k * per : (k + 1) * per]]
         return self.collator(groups, np.random.default_rng([self.seed, self.epoch, k, 1]))
 
-    def _group(self, scene_index: int) -> tuple[np.ndarray, list[Sample], Optional[np.ndarray]]:
-        samples = [s for s in self.source.scene_samples(scene_index) if s.task in self.tasks]
-        rng = np.random.default_rng([self.seed, self.epoch, scene_index])
+    def image(self, index: int) -> tuple[np.ndarray, list[Sample], Optional[np.ndarray]]:
+        """(RGB image, its samples of this stage's tasks, its patch labels or None)."""
+        raise NotImplementedError
+
+    def _group(self, index: int) -> tuple[np.ndarray, list[Sample], Optional[np.ndarray]]:
+        rgb, samples, labels = self.image(index)
+        rng = np.random.default_rng([self.seed, self.epoch, index])
         n = min(self.config.questions_per_image, len(samples))
         chosen = [samples[i] for i in sorted(rng.choice(len(samples), size=n, replace=False))]
-        scene = self.source.scene(scene_index)
+        return rgb, chosen, labels
+
+
+class SyntheticBatches(ImageBatches):
+    """Batches of rendered synthetic scenes."""
+
+    def __init__(
+        self,
+        config: DataSection,
+        collator: Collator,
+        tasks: Sequence[TaskKind],
+        seed: int,
+        rank: int = 0,
+        world_size: int = 1,
+        source: Optional[SyntheticDataset] = None,
+        patch_grid: int = 0,
+        patch_targets: Sequence[str] = (),
+    ) -> None:
+        """patch_targets: also give each image its `patch_labels` of those groups on a
+        `patch_grid` x `patch_grid` layout (the ViT's)."""
+        self.patch_grid = patch_grid
+        self.patch_targets = tuple(patch_targets)
+        self.source = source or SyntheticDataset("train", config.num_scenes, config.synthetic, cache_size=1)
+        super().__init__(config, collator, tasks, seed, self.source.num_scenes, rank, world_size)
+
+    def image(self, index: int) -> tuple[np.ndarray, list[Sample], Optional[np.ndarray]]:
+        samples = [s for s in self.source.scene_samples(index) if s.task in self.tasks]
+        scene = self.source.scene(index)
         labels = patch_labels(scene, self.patch_grid, self.patch_targets) if self.patch_targets else None
-        return scene.rgb, chosen, labels
+        return scene.rgb, samples, labels
+
+
+class FileBatches(ImageBatches):
+    """Batches of the images of dataset files (`data.files`): every image with at least one
+    question of this stage's tasks, in a fixed order (sorted by path) so batches are a
+    function of the seed, as for synthetic scenes."""
+
+    def __init__(self, config: DataSection, collator: Collator, tasks: Sequence[TaskKind], seed: int,
+                 rank: int = 0, world_size: int = 1, samples: Optional[Sequence[Sample]] = None) -> None:
+        """samples: the files' samples (default: read `config.files`)."""
+        if samples is None:
+            samples = [s for source in config.files for s in load_source(source, variety_seed=0)]
+        by_image: dict[str, list[Sample]] = {}
+        for sample in samples:
+            if sample.task in frozenset(tasks):
+                if not sample.image_path:
+                    raise ValueError(f"sample {sample.id} has no image_path")
+                by_image.setdefault(sample.image_path, []).append(sample)
+        if not by_image:
+            raise ValueError(f"data.files hold no samples of this stage's tasks ({', '.join(t.name for t in tasks)})")
+        missing = [path for path in by_image if not os.path.isfile(path)]
+        if missing:  # a wrong image_root should fail now, not hours into the run
+            raise FileNotFoundError(f"{len(missing)} of {len(by_image)} images of data.files not found, e.g. "
+                                    f"{', '.join(missing[:3])} (check image_root)")
+        self.images = sorted(by_image)
+        self.samples = by_image
+        super().__init__(config, collator, tasks, seed, len(self.images), rank, world_size)
+
+    def image(self, index: int) -> tuple[np.ndarray, list[Sample], Optional[np.ndarray]]:
+        path = self.images[index]
+        return load_rgb(path), self.samples[path], None
 
 
 class BatchStream:
     """Endless batches starting at global step `start_step`, crossing epochs as needed."""
 
-    def __init__(self, dataset: SyntheticBatches, start_step: int, num_workers: int, seed: int) -> None:
+    def __init__(self, dataset: ImageBatches, start_step: int, num_workers: int, seed: int) -> None:
         if len(dataset) == 0:
             raise ValueError("the training scene pool is smaller than one batch per rank")
         self.dataset = dataset

@@ -32,7 +32,7 @@ from lion_ros.tokenization import LionTokenizers
 
 from . import distributed as dist_utils
 from .config import TrainConfig
-from .data import STAGE_TASKS, BatchStream, Collator, SyntheticBatches, TrainBatch
+from .data import STAGE_TASKS, BatchStream, Collator, FileBatches, ImageBatches, SyntheticBatches, TrainBatch
 from .stages import apply_freeze_policy, build_model, set_train_mode
 from .tokenizers import prepare_tokenizers
 
@@ -189,13 +189,20 @@ def train(config: TrainConfig) -> TrainResult:
         qformer_max_tokens=lion.config.qformer.max_position_embeddings,
     )
     vision = lion.config.vision
-    dataset = SyntheticBatches(
-        config.data, collator, STAGE_TASKS[config.stage], config.run.seed, env.rank, env.world_size,
-        patch_grid=vision.image_size // vision.patch_size, patch_targets=dense_targets,
-    )
+    if config.data.files:
+        dataset: ImageBatches = FileBatches(config.data, collator, STAGE_TASKS[config.stage], config.run.seed,
+                                            env.rank, env.world_size)
+    else:
+        dataset = SyntheticBatches(
+            config.data, collator, STAGE_TASKS[config.stage], config.run.seed, env.rank, env.world_size,
+            patch_grid=vision.image_size // vision.patch_size, patch_targets=dense_targets,
+        )
     stream = iter(BatchStream(dataset, step, config.data.num_workers, seed=config.run.seed))
     if env.is_main:
         log.info("stage %s, trainable parameters: %s", config.stage, counts)
+        if isinstance(dataset, FileBatches):
+            log.info("training on %d images with %d questions from data.files", len(dataset.images),
+                     sum(map(len, dataset.samples.values())))
 
     logger = MetricLogger(out_dir, enabled=env.is_main, resume_step=step)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=env.device.type == "cuda" and config.run.bf16)

@@ -1,0 +1,46 @@
+"""The shipped lion-nano's card states what lion-eval measures: the card's headline numbers are
+the shipped evaluation files' numbers, and lion-eval on the shipped weights reproduces those
+files' predictions (checked on the first scenes; the full run takes minutes)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+NANO = Path(__file__).resolve().parents[1] / "lion_ros" / "assets" / "lion-nano"
+SPLITS = ("test", "compositional")
+BAR = {"rec_acc@0.5": 0.90, "spatial_yesno_acc": 0.95, "counting_acc": 0.90, "attribute_acc": 0.95}
+
+pytestmark = pytest.mark.skipif(not (NANO / "config.json").is_file(), reason=f"lion-nano not present at {NANO}")
+
+
+def shipped_summary(split: str) -> dict[str, float]:
+    report = json.loads((NANO / "eval" / split / "metrics.json").read_text())
+    return report["sources"][f"synthetic-{split}"]["summary"]
+
+
+@pytest.mark.parametrize("split", SPLITS)
+def test_card_quotes_the_shipped_evaluation(split: str) -> None:
+    card = (NANO / "MODEL_CARD.md").read_text()
+    summary = shipped_summary(split)
+    for metric in BAR:
+        assert f"{summary[metric]:.3f}" in card, f"{split} {metric} = {summary[metric]:.3f} is not in the card"
+    met = all(shipped_summary("test")[m] >= bar for m, bar in BAR.items())
+    assert ("below the quality bar" in card) != met
+
+
+@pytest.mark.slow
+def test_lion_eval_reproduces_the_shipped_predictions(tmp_path: Path) -> None:
+    from lion_ros.eval.cli import main
+
+    shipped = {}
+    for line in (NANO / "eval" / "test" / "predictions.jsonl").read_text().splitlines():
+        row = json.loads(line)
+        shipped[row["id"]] = row["prediction"]
+    # The card's command (lion-eval --model lion_ros/assets/lion-nano --split test --num 48
+    # --threads 1), on its first two scenes.
+    assert main(["--model", str(NANO), "--split", "test", "--num", "2", "--threads", "1", "--out", str(tmp_path)]) == 0
+    rows = [json.loads(line) for line in (tmp_path / "predictions.jsonl").read_text().splitlines()]
+    assert len(rows) == 28
+    assert {r["id"]: r["prediction"] for r in rows} == {r["id"]: shipped[r["id"]] for r in rows}
