@@ -1,15 +1,16 @@
 #!/usr/bin/env bash
 # Train lion-nano end to end with the stage-wise pipeline and evaluate it on the held-out splits.
 #
-#   bash scripts/train_nano.sh [--baseline] [--eval-scenes N] [--ship]
+#   bash scripts/train_nano.sh [--baseline] [--stage0b] [--eval-scenes N] [--ship]
 #
-#   stage 0 (from scratch, object labels) -> stage 0b (+ geometry labels) -> stage 1 (image-level,
-#   Q-Former branch) || stage 2 (region-level, aggregator branch) -> stage 3 (hand-over, both
-#   branches) -> lion-eval on test + compositional
+#   stage 0 (from scratch) -> stage 1 (image-level, Q-Former branch) || stage 2 (region-level,
+#   aggregator branch) -> stage 3 (hand-over, both branches) -> lion-eval on test + compositional
 #
 # --baseline also trains the one-stage comparison (nano-mixed.yaml: stage 3's trainable set from
-# the stage-0b weights, as many samples as stages 1-3 together) alongside stages 1-3 and
-# evaluates it. --ship copies the stage-3 model and its evaluation (metrics + predictions, which
+# the stage-0 weights, as many samples as stages 1-3 together) alongside stages 1-3 and
+# evaluates it. --stage0b inserts stage 0b (geometry and count labels under every patch) after
+# stage 0 and starts stages 1, 2 and the baseline from it (measured: no better; MODEL_CARD.md).
+# --ship copies the stage-3 model and its evaluation (metrics + predictions, which
 # tests/test_model_card.py checks the card and lion-eval against) into lion_ros/assets/lion-nano.
 # Logs: runs/nano/<stage>.log; models: runs/nano/<stage>/model. Every stage resumes from its
 # latest checkpoint, so an interrupted run continues where it stopped.
@@ -17,14 +18,16 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 baseline=0
+stage0b=0
 ship=0
 eval_scenes=48
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --baseline) baseline=1 ;;
+    --stage0b) stage0b=1 ;;
     --eval-scenes) eval_scenes="$2"; shift ;;
     --ship) ship=1 ;;
-    -h|--help) sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
   shift
@@ -36,11 +39,12 @@ configs=lion_ros/configs/train
 runs=runs/nano
 mkdir -p "$runs"
 
-stage() {  # stage NAME: train one stage, log to runs/nano/NAME.log, report its wall time
-  local start=$SECONDS
-  "$bin/lion-train" --config "$configs/nano-$1.yaml" > "$runs/$1.log" 2>&1 \
-    || { echo "$1 failed, see $runs/$1.log" >&2; return 1; }
-  echo "$1: $(( (SECONDS - start) / 60 )) min $(( (SECONDS - start) % 60 )) s"
+stage() {  # stage NAME [key=value ...]: train one stage, log to runs/nano/NAME.log, report its wall time
+  local start=$SECONDS name=$1
+  shift
+  "$bin/lion-train" --config "$configs/nano-$name.yaml" "$@" > "$runs/$name.log" 2>&1 \
+    || { echo "$name failed, see $runs/$name.log" >&2; return 1; }
+  echo "$name: $(( (SECONDS - start) / 60 )) min $(( (SECONDS - start) % 60 )) s"
 }
 
 evaluate() {  # evaluate STAGE SPLIT
@@ -51,10 +55,14 @@ evaluate() {  # evaluate STAGE SPLIT
 
 start=$SECONDS
 stage stage0
-stage stage0b
-[[ $baseline == 1 ]] && { stage mixed & baseline_pid=$!; }
-stage stage1 & p1=$!
-stage stage2 & p2=$!
+from=()
+if [[ $stage0b == 1 ]]; then
+  stage stage0b
+  from=("init.path=$runs/stage0b/model")
+fi
+[[ $baseline == 1 ]] && { stage mixed "${from[@]}" & baseline_pid=$!; }
+stage stage1 "${from[@]}" & p1=$!
+stage stage2 "${from[@]}" & p2=$!
 wait "$p1" "$p2"
 stage stage3
 echo "stage-wise training: $(( (SECONDS - start) / 60 )) min"
