@@ -23,7 +23,9 @@ from lion_ros.action import Ask as AskAction
 from lion_ros.api import Answer, GroundedBox, StageTimings, TaskKind
 from lion_ros.ros.node import LionNode
 from lion_ros.runtime.base import EncodedImage, RequestCancelled
-from lion_ros.srv import Ask
+from lion_ros.srv import Ask, SetStandingQueries
+from lifecycle_msgs.srv import ChangeState, GetState
+from std_srvs.srv import SetBool
 from sensor_msgs.msg import CameraInfo, Image
 
 # The red cup occupies x in [0.25, 0.5) and y in [0.5, 1.0) of any image it is asked about.
@@ -114,9 +116,14 @@ class Harness:
         self._spin(MultiThreadedExecutor(num_threads=self.node.executor_threads(), context=node_context), self.node)
         client_context = self._context()
         self.client = rclpy.create_node("lion_test_client", context=client_context)
-        # Clients first: an ActionClient built while its node spins can be polled half-made.
+        # Clients first: an ActionClient built while its node spins can be polled half-made, and
+        # a service client built then was, about 1 run in 12, never matched within 10 s.
         self.ask_client = self.client.create_client(Ask, "/lion_node/ask")
         self.action_client = ActionClient(self.client, AskAction, "/lion_node/ask")
+        self.change_state_client = self.client.create_client(ChangeState, "/lion_node/change_state")
+        self.get_state_client = self.client.create_client(GetState, "/lion_node/get_state")
+        self.enable_client = self.client.create_client(SetBool, "/lion_node/enable")
+        self.standing_client = self.client.create_client(SetStandingQueries, "/lion_node/set_standing_queries")
         self._spin(SingleThreadedExecutor(context=client_context), self.client)
         self._publishers: dict[tuple[str, str], Any] = {}
         self._stamp = 100

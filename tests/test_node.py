@@ -207,10 +207,9 @@ def test_a_burst_beyond_the_queue_is_rejected_busy_and_the_rest_answered(make_ha
 
 def test_lifecycle_transitions_and_enable(make_harness):
     harness = make_harness(autostart=False)
-    change = harness.client.create_client(ChangeState, "/lion_node/change_state")
-    get_state = harness.client.create_client(GetState, "/lion_node/get_state")
-    enable = harness.client.create_client(SetBool, "/lion_node/enable")
-    assert change.wait_for_service(timeout_sec=10.0) and enable.wait_for_service(timeout_sec=10.0)
+    change, get_state, enable = harness.change_state_client, harness.get_state_client, harness.enable_client
+    # DDS discovery of a second service server took over 10 s about once in 20 runs on 2 loaded cores.
+    assert change.wait_for_service(timeout_sec=30.0) and enable.wait_for_service(timeout_sec=30.0)
 
     def transition(tid: int) -> bool:
         return result_of(change.call_async(ChangeState.Request(transition=Transition(id=tid)))).success
@@ -281,8 +280,8 @@ def test_standing_queries_run_at_their_period_only_on_new_frames(make_harness):
     time.sleep(0.6)  # ...and then, with no new frame, none
     assert runs() == settled
 
-    set_client = harness.client.create_client(SetStandingQueries, "/lion_node/set_standing_queries")
-    assert set_client.wait_for_service(timeout_sec=10.0)
+    set_client = harness.standing_client
+    assert set_client.wait_for_service(timeout_sec=30.0)
     bad = SetStandingQueries.Request(queries=[StandingQuery(question="q", camera="nowhere", period_s=1.0)])
     assert not result_of(set_client.call_async(bad)).success
     good = SetStandingQueries.Request(queries=[StandingQuery(question="where is the red cup?", period_s=0.2)])
