@@ -116,8 +116,7 @@ class Harness:
         self._spin(MultiThreadedExecutor(num_threads=self.node.executor_threads(), context=node_context), self.node)
         client_context = self._context()
         self.client = rclpy.create_node("lion_test_client", context=client_context)
-        # Clients first: an ActionClient built while its node spins can be polled half-made, and
-        # a service client built then was, about 1 run in 12, never matched within 10 s.
+        # Clients first: an ActionClient built while its node spins can be polled half-made.
         self.ask_client = self.client.create_client(Ask, "/lion_node/ask")
         self.action_client = ActionClient(self.client, AskAction, "/lion_node/ask")
         self.change_state_client = self.client.create_client(ChangeState, "/lion_node/change_state")

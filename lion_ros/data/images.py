@@ -12,6 +12,19 @@ class ImageReadError(OSError):
     """An image file is missing, unreadable or implausibly large."""
 
 
+def image_size(path: str) -> tuple[int, int]:
+    """(width, height) from an image file's header, without decoding the pixels."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            return image.width, image.height
+    except FileNotFoundError as e:
+        raise ImageReadError(f"image not found: {path}") from e
+    except (UnidentifiedImageError, OSError) as e:
+        raise ImageReadError(f"cannot read image {path}: {e}") from e
+
+
 def load_rgb(path: str, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
     """HxWx3 uint8 RGB of an image file (any mode Pillow reads; EXIF orientation is not applied,
     as in the public datasets' box annotations)."""

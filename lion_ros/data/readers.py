@@ -18,6 +18,7 @@ from lion_ros import prompts
 from lion_ros.api import TaskKind
 from lion_ros.data import templates
 from lion_ros.data.formatting import boxes_target, normalize_box, rec_target, xywh_to_normalized_xyxy
+from lion_ros.data.images import ImageReadError, image_size
 from lion_ros.data.sample import ListDataset, RegionTarget, Sample
 
 
@@ -63,6 +64,14 @@ def _jsonl_records(path: str, what: str) -> Iterator[tuple[int, Any]]:
                     yield line_no, json.loads(line)
                 except json.JSONDecodeError as e:
                     raise DatasetFormatError(f"{path}:{line_no}: not valid JSON: {e}") from e
+
+
+def _coco_bbox(ann: Any, path: str) -> list:
+    """A COCO annotation's pixel `[x, y, w, h]`."""
+    bbox = _get(ann, "bbox", path, "an annotation")
+    if not (isinstance(bbox, list) and len(bbox) == 4):
+        raise DatasetFormatError(f"{path}: annotation {ann.get('id')} bbox must be [x, y, w, h]")
+    return bbox
 
 
 def _most_common(answers: Iterable[str]) -> str:
@@ -307,10 +316,7 @@ def read_refcoco(refs_path: str, instances_path: str, dataset: str = "refcoco", 
         )
     boxes = {}
     for ann in _list(_get(inst, "annotations", instances_path, "the top level"), instances_path, "'annotations'"):
-        bbox = _get(ann, "bbox", instances_path, "an annotation")
-        if not (isinstance(bbox, list) and len(bbox) == 4):
-            raise DatasetFormatError(f"{instances_path}: annotation {ann.get('id')} bbox must be [x, y, w, h]")
-        boxes[_get(ann, "id", instances_path, "an annotation")] = bbox
+        boxes[_get(ann, "id", instances_path, "an annotation")] = _coco_bbox(ann, instances_path)
     samples = []
     for ref in refs:
         ref_split = str(_get(ref, "split", refs_path, "a ref"))
@@ -441,7 +447,7 @@ def read_coco_instances(path: str, image_root: str = "", split: Optional[str] = 
         )
     objects: dict[Any, list[tuple[str, tuple[float, float, float, float]]]] = {image_id: [] for image_id in images}
     for ann in _list(_get(data, "annotations", path, "the top level"), path, "'annotations'"):
-        if ann.get("iscrowd", 0) if isinstance(ann, dict) else False:
+        if isinstance(ann, dict) and ann.get("iscrowd"):
             continue
         image_id = _get(ann, "image_id", path, "an annotation")
         category_id = _get(ann, "category_id", path, "an annotation")
@@ -449,11 +455,9 @@ def read_coco_instances(path: str, image_root: str = "", split: Optional[str] = 
             raise DatasetFormatError(f"{path}: annotation {ann.get('id')} refers to unknown image {image_id}")
         if category_id not in categories:
             raise DatasetFormatError(f"{path}: annotation {ann.get('id')} has unknown category {category_id}")
-        bbox = _get(ann, "bbox", path, "an annotation")
-        if not (isinstance(bbox, list) and len(bbox) == 4):
-            raise DatasetFormatError(f"{path}: annotation {ann.get('id')} bbox must be [x, y, w, h]")
         _, width, height = images[image_id]
-        objects[image_id].append((categories[category_id], xywh_to_normalized_xyxy(*bbox, width, height)))
+        box = xywh_to_normalized_xyxy(*_coco_bbox(ann, path), width, height)
+        objects[image_id].append((categories[category_id], box))
     names = sorted(set(categories.values()))
     samples: list[Sample] = []
     for image_id, objs in objects.items():
@@ -472,12 +476,13 @@ def read_coco_instances(path: str, image_root: str = "", split: Optional[str] = 
                 count=len(boxes), **common,
             ))
             if len(boxes) == 1:
-                for task in ("rec", "reg"):
-                    sid = f"{prefix}/{task}/{name}"
-                    choice = templates.choice_for(sid, variety_seed)
-                    question = prompts.rec_prompt(f"the {name}", choice) if task == "rec" else \
-                        prompts.reg_prompt(boxes[0], choice)
-                    answer = rec_target(boxes[0]) if task == "rec" else f"the {name}"
+                rec_id, reg_id = f"{prefix}/rec/{name}", f"{prefix}/reg/{name}"
+                for sid, task, question, answer in (
+                    (rec_id, "rec", prompts.rec_prompt(f"the {name}", templates.choice_for(rec_id, variety_seed)),
+                     rec_target(boxes[0])),
+                    (reg_id, "reg", prompts.reg_prompt(boxes[0], templates.choice_for(reg_id, variety_seed)),
+                     f"the {name}"),
+                ):
                     samples.append(Sample(id=sid, question=question, answer=answer, task=TaskKind.REGION,
                                           task_name=task, regions=regions, answers=[answer], **common))
         absent = [name for name in names if name not in present]
@@ -549,14 +554,12 @@ def read_instructions(path: str, image_root: str = "", split: str = "train") -> 
 def _image_size(rec: dict, image_path: str, path: str, line_no: int) -> tuple[float, float]:
     if "width" in rec and "height" in rec:
         return float(rec["width"]), float(rec["height"])
-    from PIL import Image, UnidentifiedImageError
-
     try:
-        with Image.open(image_path) as image:  # reads the header only
-            return float(image.width), float(image.height)
-    except (OSError, UnidentifiedImageError) as e:
+        width, height = image_size(image_path)
+    except ImageReadError as e:
         raise DatasetFormatError(f"{path}:{line_no}: boxes need the image size and {image_path} "
                                  f"could not be read ({e}); add 'width' and 'height'") from e
+    return float(width), float(height)
 
 
 __all__ = [

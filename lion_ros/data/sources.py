@@ -33,7 +33,7 @@ class FileSource:
     def __post_init__(self) -> None:
         if self.format not in FORMATS:
             raise ValueError(f"unknown dataset format {self.format!r}; expected one of {sorted(FORMATS)}")
-        needs_second = self.format in ("refcoco", "refcoco+", "refcocog", "visual_genome")
+        needs_second = self.format in (*readers.REFER_SPLITS, "visual_genome")
         if needs_second and not self.annotations:
             raise ValueError(f"format {self.format} needs 'annotations' (its second file) as well as 'path'")
         if self.format in ("gqa", "vsr") and not self.split:

@@ -6,8 +6,9 @@
     lion-eval --model DIR --split none --coco-instances instances_val.json --image-root images --out ...
 
 Sources: a synthetic split (canonical prompt of each task, `--num` scenes of 14 questions) and
-any dataset files given (read through `lion_ros.data.sources`, as lion-train's `data.files`). Each image is encoded once and asked all its questions through
-the chosen runtime (`--backend`, PyTorch by default). Writes `metrics.json` (headline metrics,
+any dataset files given (read through `lion_ros.data.sources`, as lion-train's `data.files`).
+Each image is encoded once and asked all its questions through the chosen runtime
+(`--backend`, PyTorch by default). Writes `metrics.json` (headline metrics,
 every per-task score, settings), `metrics.md` (the same as tables) and `predictions.jsonl`.
 """
 from __future__ import annotations

@@ -211,9 +211,10 @@ class FileBatches(ImageBatches):
         """samples: the files' samples (default: read `config.files`)."""
         if samples is None:
             samples = [s for source in config.files for s in load_source(source, variety_seed=0)]
+        wanted = frozenset(tasks)
         by_image: dict[str, list[Sample]] = {}
         for sample in samples:
-            if sample.task in frozenset(tasks):
+            if sample.task in wanted:
                 if not sample.image_path:
                     raise ValueError(f"sample {sample.id} has no image_path")
                 by_image.setdefault(sample.image_path, []).append(sample)
