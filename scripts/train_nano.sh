@@ -39,10 +39,15 @@ configs=lion_ros/configs/train
 runs=runs/nano
 mkdir -p "$runs"
 
-stage() {  # stage NAME [key=value ...]: train one stage, log to runs/nano/NAME.log, report its wall time
-  local start=$SECONDS name=$1
-  shift
-  "$bin/lion-train" --config "$configs/nano-$name.yaml" "$@" > "$runs/$name.log" 2>&1 \
+stage() {  # stage NAME PROCESSES [key=value ...]: train one stage (PROCESSES > 1: DDP under torchrun),
+           # log to runs/nano/NAME.log, report its wall time
+  local start=$SECONDS name=$1 processes=$2
+  shift 2
+  local launch=("$bin/lion-train")
+  if [[ $processes -gt 1 ]]; then
+    launch=("$bin/torchrun" --standalone --nproc_per_node "$processes" -m lion_ros.train)
+  fi
+  "${launch[@]}" --config "$configs/nano-$name.yaml" "$@" > "$runs/$name.log" 2>&1 \
     || { echo "$name failed, see $runs/$name.log" >&2; return 1; }
   echo "$name: $(( (SECONDS - start) / 60 )) min $(( (SECONDS - start) % 60 )) s"
 }
@@ -54,17 +59,17 @@ evaluate() {  # evaluate STAGE SPLIT
 }
 
 start=$SECONDS
-stage stage0
+stage stage0 2  # two 1-thread processes beat one 2-thread process on 2 cores
 from=()
 if [[ $stage0b == 1 ]]; then
-  stage stage0b
+  stage stage0b 1
   from=("init.path=$runs/stage0b/model")
 fi
-[[ $baseline == 1 ]] && { stage mixed "${from[@]}" & baseline_pid=$!; }
-stage stage1 "${from[@]}" & p1=$!
-stage stage2 "${from[@]}" & p2=$!
+[[ $baseline == 1 ]] && { stage mixed 1 "${from[@]}" & baseline_pid=$!; }
+stage stage1 1 "${from[@]}" & p1=$!
+stage stage2 1 "${from[@]}" & p2=$!
 wait "$p1" "$p2"
-stage stage3
+stage stage3 1
 echo "stage-wise training: $(( (SECONDS - start) / 60 )) min"
 evaluate stage3 test & e1=$!
 evaluate stage3 compositional & e2=$!

@@ -91,6 +91,7 @@ def build_model(config: TrainConfig, tokenizers: LionTokenizers) -> LionModel:
         model = LionModel(lion_config)
         if init.kind == "scratch":
             _scale_untied_lm_head(model)
+            _sincos_position_embedding(model)
         if init.kind == "pretrained":
             loaded, fresh = load_matching(model, Path(init.path), skip_groups=init.skip_groups)
             log.info("init from %s: %d tensors loaded, fresh: %s", init.path, len(loaded), _summary(fresh))
@@ -183,6 +184,28 @@ def _scale_untied_lm_head(model: LionModel) -> None:
     std d_model**-0.5 starts near uniform predictions."""
     if not model.config.language.tie_word_embeddings:
         model.language_model.lm_head.weight.normal_(std=model.config.language.d_model**-0.5)
+
+
+@torch.no_grad()
+def _sincos_position_embedding(model: LionModel) -> None:
+    """Start a from-scratch ViT's (learned) position embedding at the 2-D sine-cosine table
+    of MAE. transformers draws it with std 0.02, far below the patch embedding's output, so
+    where a patch lies is barely visible to the layers above and box answers must wait for the
+    ViT to learn it; the table makes row and column readable from step 1. The CLS slot stays
+    zero. Half the channels encode the column, half the row, each as sin/cos pairs over
+    geometric frequencies."""
+    vision = model.config.vision
+    grid, width = vision.image_size // vision.patch_size, vision.hidden_size
+    if width % 4:
+        raise ValueError(f"a 2-D sine-cosine position table needs a ViT width divisible by 4, got {width}")
+    frequencies = 1.0 / 10000 ** (torch.arange(width // 4, dtype=torch.float64) / (width // 4))
+    rows, cols = torch.meshgrid(torch.arange(grid, dtype=torch.float64), torch.arange(grid, dtype=torch.float64),
+                                indexing="ij")
+    angles = [axis.flatten()[:, None] * frequencies[None] for axis in (cols, rows)]
+    table = torch.cat([f(a) for a in angles for f in (torch.sin, torch.cos)], dim=1)  # [grid*grid, width]
+    embedding = model.vision_model.embeddings.position_embedding  # [1, 1 + grid*grid, width]
+    embedding.zero_()
+    embedding[0, 1:] = table.to(embedding.dtype)
 
 
 def _config_for_tokenizers(config: LionConfig, tokenizers: LionTokenizers) -> LionConfig:
