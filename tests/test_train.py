@@ -298,3 +298,33 @@ def test_length_groups_give_the_same_loss_and_gradients(tokenizer_dir: Path, tmp
 def test_length_groups_refuse_gradient_checkpointing(tokenizer_dir: Path, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="gradient_checkpointing"):
         tiny_config(tokenizer_dir, tmp_path, data={"length_groups": 2}, model={"gradient_checkpointing": True})
+
+
+def test_scratch_vit_starts_with_a_readable_2d_position_table(tokenizer_dir: Path, tmp_path: Path) -> None:
+    from lion_ros.train.stages import build_model
+
+    config = tiny_config(tokenizer_dir, tmp_path)
+    model = build_model(config, LionTokenizers.load(tokenizer_dir))
+    vision = model.config.vision
+    grid = vision.image_size // vision.patch_size
+    table = model.vision_model.embeddings.position_embedding.detach()[0].clone()
+    assert torch.equal(table[0], torch.zeros_like(table[0]))  # CLS has no position
+    patches = table[1:].reshape(grid, grid, -1)
+    # Every patch has its own code, and along a row or a column the code drifts away smoothly.
+    distances = torch.cdist(table[1:], table[1:])
+    assert distances.masked_fill(torch.eye(grid * grid, dtype=torch.bool), float("inf")).min() > 0.1
+    for step in range(1, grid - 1):
+        assert (patches[0, 0] - patches[0, step]).norm() < (patches[0, 0] - patches[0, step + 1]).norm() + 1e-6
+        assert (patches[0, 0] - patches[step, 0]).norm() < (patches[0, 0] - patches[step + 1, 0]).norm() + 1e-6
+    # Columns and rows live in separate channel halves: moving right leaves the row half alone.
+    half = table.shape[1] // 2
+    assert torch.allclose(patches[0, 0, half:], patches[0, grid - 1, half:])
+    assert torch.allclose(patches[0, 0, :half], patches[grid - 1, 0, :half])
+    # A pretrained start keeps the checkpoint's table.
+    with torch.no_grad():
+        model.vision_model.embeddings.position_embedding.mul_(2)
+    model.save_pretrained(tmp_path / "doubled")
+    again = build_model(dataclasses.replace(config, init=dataclasses.replace(config.init, kind="pretrained",
+                                                                                path=str(tmp_path / "doubled"))),
+                        LionTokenizers.load(tokenizer_dir))
+    assert torch.allclose(again.vision_model.embeddings.position_embedding.detach()[0], 2 * table)
