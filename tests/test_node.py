@@ -207,9 +207,8 @@ def test_a_burst_beyond_the_queue_is_rejected_busy_and_the_rest_answered(make_ha
 
 def test_lifecycle_transitions_and_enable(make_harness):
     harness = make_harness(autostart=False)
+    harness.wait_for_services("change_state_client", "get_state_client", "enable_client")
     change, get_state, enable = harness.change_state_client, harness.get_state_client, harness.enable_client
-    # Discovering these services took over 10 s in about 3 of 100 runs on 2 loaded cores (cause unknown).
-    assert change.wait_for_service(timeout_sec=30.0) and enable.wait_for_service(timeout_sec=30.0)
 
     def transition(tid: int) -> bool:
         return result_of(change.call_async(ChangeState.Request(transition=Transition(id=tid)))).success
