@@ -327,3 +327,45 @@ def test_geometry_patch_labels_give_box_digits_depth_rank_and_counts():
     assert checked > 0
     with pytest.raises(ValueError, match="dense targets"):
         patch_label_classes(["object", "shape"])
+
+
+def test_evidence_boxes_are_the_objects_each_answer_is_about():
+    from lion_ros.data.synthetic import _RELATIONS
+
+    ds = SyntheticDataset("train", 30)
+    checked: dict[str, int] = {}
+    for i in range(ds.num_scenes):
+        scene = ds.scene(i)
+        by_box = {scene.normalized_box(o): o for o in scene.objects}
+        for s in ds.scene_samples(i):
+            about = [by_box[b] for b in s.evidence]  # KeyError: a box that is no object's
+            if s.task_name in ("caption", "grounded_caption"):
+                assert sorted(s.evidence) == sorted(by_box)
+            elif s.task_name == "yesno":
+                a, b = about
+                rel = next(r for r, phrases in _RELATIONS.items() if any(f" {p} " in s.question for p in phrases))
+                assert spatial_relation(rel, a, b) is s.yes_no
+            elif s.task_name == "count":
+                assert len(about) == s.count
+                assert len({o.category for o in about}) <= 1 or len({o.colour for o in about}) == 1
+            elif s.task_name == "attribute":
+                (obj,) = about
+                assert s.answer in (obj.colour, obj.size, obj.category)
+            else:  # rec, reg, find_all: the boxes of the answer
+                assert s.evidence == [r.box for r in s.regions]
+            checked[s.task_name] = checked.get(s.task_name, 0) + 1
+    assert set(checked) == {"caption", "grounded_caption", "yesno", "count", "attribute", "rec", "reg", "find_all"}
+
+
+def test_patch_mask_marks_the_patches_whose_centre_is_in_a_box():
+    from lion_ros.data.synthetic import patch_labels, patch_mask
+
+    grid = 10
+    left_half = patch_mask([(0.0, 0.0, 0.5, 1.0)], grid).reshape(grid, grid)
+    assert left_half[:, :5].all() and not left_half[:, 5:].any()
+    corner = patch_mask([(0.0, 0.0, 0.1, 0.1), (0.9, 0.9, 1.0, 1.0)], grid).reshape(grid, grid)
+    assert corner.sum() == 2 and corner[0, 0] and corner[-1, -1]
+    assert not patch_mask([], grid).any()
+    scene = render_scene(scene_seed("train", 3))
+    on_objects = patch_mask([scene.normalized_box(o) for o in scene.objects], grid)
+    np.testing.assert_array_equal(on_objects, patch_labels(scene, grid)[:, 0] > 0)  # the same patches

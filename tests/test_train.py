@@ -282,7 +282,7 @@ def test_length_groups_give_the_same_loss_and_gradients(tokenizer_dir: Path, tmp
     results = []
     for groups in (1, 3):
         lion.zero_grad(set_to_none=True)
-        token_loss, _ = TrainingModule(lion, length_groups=groups)(batch)
+        token_loss = TrainingModule(lion, length_groups=groups)(batch)[0]
         token_loss.sum().backward()
         grads = {n: p.grad.clone() for n, p in lion.named_parameters() if p.grad is not None}
         results.append((token_loss.detach(), grads))
@@ -328,3 +328,60 @@ def test_scratch_vit_starts_with_a_readable_2d_position_table(tokenizer_dir: Pat
                                                                                 path=str(tmp_path / "doubled"))),
                         LionTokenizers.load(tokenizer_dir))
     assert torch.allclose(again.vision_model.embeddings.position_embedding.detach()[0], 2 * table)
+
+
+def test_attention_supervision_reads_the_qformers_own_cross_attention(tokenizer_dir: Path, tmp_path: Path) -> None:
+    """The probabilities the hook recomputes are the ones the Q-Former attends with (its eager
+    attention's cross_attentions), and the loss is -log of their mean mass on the evidence."""
+    from lion_ros.model.lion import ImageFeatures
+    from lion_ros.preprocess import PreprocessConfig
+    from lion_ros.train.data import STAGE_TASKS, Collator, SyntheticBatches
+    from lion_ros.train.stages import build_model
+    from lion_ros.train.trainer import QFormerCrossAttention
+
+    config = tiny_config(tokenizer_dir, tmp_path, data={"attention_supervision": 1.0})
+    tokenizers = LionTokenizers.load(tokenizer_dir)
+    torch.manual_seed(0)
+    lion = build_model(config, tokenizers).eval()
+    grid = lion.config.vision.image_size // lion.config.vision.patch_size
+    collator = Collator(tokenizers, config.data, PreprocessConfig(image_size=lion.config.vision.image_size),
+                        qformer_max_tokens=lion.config.qformer.max_position_embeddings, patch_grid=grid)
+    batch = SyntheticBatches(config.data, collator, STAGE_TASKS["stage0"], seed=0)[0]
+    assert batch.evidence_mask.shape == (batch.num_questions, grid * grid) and batch.evidence_mask.any()
+
+    features = lion.encode_image(batch.pixel_values)
+    image_embeds = features.qformer_input[batch.image_index]
+    recorder = QFormerCrossAttention(lion)
+    with torch.no_grad(), recorder:
+        lion.visual_prefix(ImageFeatures(image_embeds, features.aggregator_tokens[batch.image_index]),
+                           batch.qformer_input_ids, batch.qformer_attention_mask)
+    (recorded,) = recorder.maps
+    lion.qformer.config._attn_implementation = "eager"  # the reference path that returns probabilities
+    queries = lion.query_tokens.expand(batch.num_questions, -1, -1)
+    with torch.no_grad():
+        out = lion.qformer(
+            input_ids=batch.qformer_input_ids, query_embeds=queries, encoder_hidden_states=image_embeds,
+            attention_mask=torch.cat([torch.ones(queries.shape[:2], dtype=torch.long), batch.qformer_attention_mask], 1),
+            output_attentions=True,
+        )
+    expected = [a for a in out.cross_attentions if a is not None][-1]
+    torch.testing.assert_close(recorded, expected.float(), atol=1e-6, rtol=1e-5)
+
+    everything = torch.ones_like(batch.evidence_mask)
+    rows = torch.arange(batch.num_questions)
+    assert float(recorder.evidence_loss([rows], everything)) == pytest.approx(
+        -float(recorded[..., 1:].sum(-1).mean((1, 2)).log().mean()), rel=1e-5)
+    nothing = torch.zeros_like(batch.evidence_mask)
+    assert float(recorder.evidence_loss([rows], nothing)) == 0.0  # questions without evidence are skipped
+
+
+def test_attention_supervision_draws_attention_to_the_evidence(tokenizer_dir: Path, tmp_path: Path) -> None:
+    train(tiny_config(tokenizer_dir, tmp_path, data={"attention_supervision": 1.0}, optim={"steps": 10}))
+    with (tmp_path / "log.csv").open() as f:
+        attention = [float(row["loss_attention"]) for row in csv.DictReader(f)]
+    assert attention[0] > 0 and sum(attention[-3:]) / 3 < sum(attention[:3]) / 3
+    with pytest.raises(ValueError, match="stage0"):
+        tiny_config(tokenizer_dir, tmp_path, stage="stage1", data={"attention_supervision": 1.0})
+    with pytest.raises(ValueError, match="gradient_checkpointing"):
+        tiny_config(tokenizer_dir, tmp_path, data={"attention_supervision": 1.0},
+                    model={"gradient_checkpointing": True})

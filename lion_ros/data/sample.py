@@ -49,6 +49,9 @@ class Sample:
     # captions for captioning.
     answers: list[str] = field(default_factory=list)
     choices: list[str] = field(default_factory=list)  # multiple choice options (A-OKVQA)
+    # Boxes of the objects the answer is about (synthetic scenes only): where a model has to look
+    # to answer. Stage 0 of a from-scratch model may supervise the Q-Former's attention with them.
+    evidence: list[Box] = field(default_factory=list)
 
 
 @runtime_checkable

@@ -587,6 +587,17 @@ def patch_labels(scene: Scene, grid: int, targets: Sequence[str] = ("object",)) 
     return labels.reshape(grid * grid, -1)
 
 
+def patch_mask(boxes: Sequence[Box], grid: int) -> np.ndarray:
+    """[grid*grid] bool: which patches of a `grid`x`grid` layout of the (squashed) image have their
+    centre inside one of the normalised `boxes` (a sample's `evidence`)."""
+    centres = (np.arange(grid) + 0.5) / grid
+    u, v = np.meshgrid(centres, centres)
+    inside = np.zeros((grid, grid), bool)
+    for x1, y1, x2, y2 in boxes:
+        inside |= (u >= x1) & (u < x2) & (v >= y1) & (v < y2)
+    return inside.reshape(-1)
+
+
 # ---------------------------------------------------------------------------------------
 # Sample generation
 # ---------------------------------------------------------------------------------------
@@ -670,13 +681,15 @@ class _SceneSampler:
         return templates.choice_for(self._sid(slot), self.variety_seed)
 
     def _sample(self, slot: int, question: str, task: TaskKind, task_name: str, answer: str,
-                **kwargs: Any) -> Sample:
+                about: Sequence[SceneObject], **kwargs: Any) -> Sample:
+        """about: the objects the answer depends on (the sample's `evidence`)."""
         sid = self._sid(slot)
         return Sample(
             id=sid, question=question, answer=answer, task=task, task_name=task_name,
             source="synthetic", split=self.scene.split, image=self.scene.rgb,
             image_size=(self.scene.width, self.scene.height), tags=self.scene.tags,
-            answers=kwargs.pop("answers", [answer]), **kwargs,
+            answers=kwargs.pop("answers", [answer]), evidence=[self.scene.normalized_box(o) for o in about],
+            **kwargs,
         )
 
     def _ref(self, obj: SceneObject) -> str:
@@ -688,7 +701,8 @@ class _SceneSampler:
         phrases = [f"a {o.description}" for o in self.left_to_right]
         text = f"{_join(phrases)} on a {self.scene.table} table."
         text = text[0].upper() + text[1:]
-        return self._sample(slot, prompts.caption_prompt(self._template(slot)), TaskKind.IMAGE, "caption", text)
+        return self._sample(slot, prompts.caption_prompt(self._template(slot)), TaskKind.IMAGE, "caption", text,
+                            self.objs)
 
     def grounded_caption(self, slot: int) -> Sample:
         regions = [RegionTarget(f"a {o.description}", self.scene.normalized_box(o)) for o in self.left_to_right]
@@ -696,7 +710,7 @@ class _SceneSampler:
         text = f"{_join(parts)} on a {self.scene.table} table."
         text = text[0].upper() + text[1:]
         return self._sample(slot, prompts.grounded_caption_prompt(self._template(slot)), TaskKind.REGION,
-                            "grounded_caption", text, regions=regions)
+                            "grounded_caption", text, self.objs, regions=regions)
 
     def spatial(self, slot: int) -> Optional[Sample]:
         want = bool(self.rng.random() < 0.5)
@@ -719,21 +733,22 @@ class _SceneSampler:
         form = self._choice(("Is {a} {rel} {b}?", "Is it true that {a} is {rel} {b}?"))
         question = form.format(a=ref_a, rel=phrase, b=ref_b)
         answer = "yes" if truth else "no"
-        return self._sample(slot, question, TaskKind.IMAGE, "yesno", answer, yes_no=truth)
+        return self._sample(slot, question, TaskKind.IMAGE, "yesno", answer, (a, b), yes_no=truth)
 
     def count(self, slot: int) -> Sample:
         if self.rng.random() < 0.7:
             present = sorted({o.category for o in self.objs})
             absent = [c for c in CATEGORIES if c not in present]
             cat = self._choice(absent) if absent and self.rng.random() < 0.15 else self._choice(present)
-            n = sum(o.category == cat for o in self.objs)
+            counted = [o for o in self.objs if o.category == cat]
             form = self._choice(("How many {p} are there?", "How many {p} are in the image?", "Count the {p}."))
             question = form.format(p=PLURALS[cat])
         else:
             colour = self._choice(sorted({o.colour for o in self.objs}))
-            n = sum(o.colour == colour for o in self.objs)
+            counted = [o for o in self.objs if o.colour == colour]
             question = f"How many {colour} objects are there?"
-        return self._sample(slot, question, TaskKind.IMAGE, "count", str(n), count=n)
+        n = len(counted)
+        return self._sample(slot, question, TaskKind.IMAGE, "count", str(n), counted, count=n)
 
     def attribute(self, slot: int) -> Optional[Sample]:
         kinds = ["colour", "size", "category"]
@@ -761,7 +776,7 @@ class _SceneSampler:
                     form = self._choice(("What size is {r}?", "Is {r} small or large?"))
                     answer = target.size
                 question = form.format(r=ref)
-            return self._sample(slot, question, TaskKind.IMAGE, "attribute", answer)
+            return self._sample(slot, question, TaskKind.IMAGE, "attribute", answer, (target,))
         return None
 
     def _relational_expressions(self, target: SceneObject) -> list[str]:
@@ -783,14 +798,14 @@ class _SceneSampler:
         expr = self._choice(relational) if relational else self._ref(target)
         box = self.scene.normalized_box(target)
         return self._sample(slot, prompts.rec_prompt(expr, self._template(slot)), TaskKind.REGION, "rec",
-                            rec_target(box), regions=[RegionTarget(expr, box)])
+                            rec_target(box), (target,), regions=[RegionTarget(expr, box)])
 
     def reg(self, slot: int) -> Sample:
         target = self._choice(self.focus)
         box = self.scene.normalized_box(target)
         answer = f"the {target.description}"
         return self._sample(slot, prompts.reg_prompt(box, self._template(slot)), TaskKind.REGION, "reg", answer,
-                            regions=[RegionTarget(answer, box)])
+                            (target,), regions=[RegionTarget(answer, box)])
 
     def find_all(self, slot: int) -> Sample:
         if self.rng.random() < 0.75:
@@ -803,7 +818,7 @@ class _SceneSampler:
             what = f"{colour} objects"
         regions = [RegionTarget(f"the {o.description}", self.scene.normalized_box(o)) for o in chosen]
         return self._sample(slot, prompts.find_all_prompt(what, self._template(slot)), TaskKind.REGION, "find_all",
-                            boxes_target([r.box for r in regions]), regions=regions, count=len(regions))
+                            boxes_target([r.box for r in regions]), chosen, regions=regions, count=len(regions))
 
 
 def generate_samples(scene: Scene, tasks: Optional[TaskMix] = None, heldout: Sequence[tuple[str, str]] = DEFAULT_HELDOUT,

@@ -91,6 +91,11 @@ class DataSection:
     dense_supervision: float = 0.0
     # Which per-patch labels (data.synthetic.PATCH_TARGETS): object, box, depth, count.
     dense_targets: list[str] = field(default_factory=lambda: ["object"])
+    # Stage 0 only: weight of an auxiliary loss that draws the Q-Former's cross-attention to the
+    # patches of the objects each question is about (`Sample.evidence`; synthetic scenes only).
+    # Where dense supervision teaches the ViT what is under each patch, this teaches the Q-Former
+    # where to look for a question: the step a from-scratch model failed to learn from answers alone.
+    attention_supervision: float = 0.0
 
 
 @dataclass
@@ -146,13 +151,21 @@ class TrainConfig:
         if self.data.length_groups > 1 and self.model.gradient_checkpointing:
             # Recomputed T5 blocks would read the whole batch's routing, not their group's.
             raise ValueError("data.length_groups > 1 cannot be combined with model.gradient_checkpointing")
-        if self.data.dense_supervision > 0 and self.stage != "stage0":
-            raise ValueError("data.dense_supervision trains the ViT, which only stage0 does")
-        if self.data.dense_supervision > 0 and self.data.files:
-            raise ValueError("data.dense_supervision needs per-patch labels, which only synthetic scenes have; "
-                             "remove it or data.files")
+        # The auxiliary losses of a from-scratch stage 0: what they train and the labels they need.
+        for name, trains, needs in (("dense_supervision", "the ViT", "per-patch labels"),
+                                    ("attention_supervision", "the Q-Former", "each question's evidence boxes")):
+            if getattr(self.data, name) <= 0:
+                continue
+            if self.stage != "stage0":
+                raise ValueError(f"data.{name} trains {trains} from scratch, which only stage0 does")
+            if self.data.files:
+                raise ValueError(f"data.{name} needs {needs}, which only synthetic scenes have; "
+                                 "remove it or data.files")
         if self.data.dense_supervision > 0:
             patch_label_classes(self.data.dense_targets)  # raises on an unknown or empty list
+        if self.data.attention_supervision > 0 and self.model.gradient_checkpointing:
+            # The loss recomputes the attention map in a hook that is gone when backward recomputes.
+            raise ValueError("data.attention_supervision cannot be combined with model.gradient_checkpointing")
         if self.data.dense_supervision > 0 and self.run.distributed == "fsdp":
             raise ValueError("data.dense_supervision is not supported with FSDP (its probe is not sharded)")
         if self.init.kind == "pretrained" and not self.init.path:

@@ -24,7 +24,7 @@ from lion_ros.api import TaskKind
 from lion_ros.data.images import load_rgb
 from lion_ros.data.sample import Sample
 from lion_ros.data.sources import load_source
-from lion_ros.data.synthetic import SyntheticDataset, patch_labels
+from lion_ros.data.synthetic import SyntheticDataset, patch_labels, patch_mask
 from lion_ros.preprocess import PreprocessConfig, preprocess_image
 from lion_ros.prompts import build_qformer_prompt, build_t5_prompt
 from lion_ros.tokenization import LionTokenizers
@@ -54,6 +54,7 @@ class TrainBatch:
     labels: torch.Tensor  # [B, L], -100 at padding
     task_index: torch.Tensor  # [B] router rows (TaskKind)
     patch_labels: Optional[torch.Tensor] = None  # [I, P, K] per-patch labels (dense supervision)
+    evidence_mask: Optional[torch.Tensor] = None  # [B, P] bool, patches of each question's evidence
 
     def to(self, device: torch.device) -> "TrainBatch":
         return TrainBatch(**{k: None if v is None else v.to(device, non_blocking=True) for k, v in vars(self).items()})
@@ -67,11 +68,16 @@ class Collator:
     """Turns (image, samples) groups into a `TrainBatch`."""
 
     def __init__(
-        self, tokenizers: LionTokenizers, config: DataSection, preprocess: PreprocessConfig, qformer_max_tokens: int
+        self, tokenizers: LionTokenizers, config: DataSection, preprocess: PreprocessConfig, qformer_max_tokens: int,
+        patch_grid: int = 0,
     ) -> None:
+        """patch_grid: the ViT's patches per side, for the evidence masks of attention supervision."""
+        if config.attention_supervision > 0 and patch_grid <= 0:
+            raise ValueError("attention supervision needs the ViT's patch grid")
         self.tokenizers = tokenizers
         self.config = config
         self.preprocess = preprocess
+        self.patch_grid = patch_grid
         # The Q-Former's text positions are learned embeddings: never exceed their number.
         self.qformer_max_tokens = min(config.max_prompt_tokens, qformer_max_tokens)
 
@@ -104,7 +110,11 @@ class Collator:
             labels=self.labels([s.answer for s in samples]),
             task_index=torch.tensor([int(s.task) for s in samples], dtype=torch.long),
             patch_labels=None if labels[0] is None else torch.from_numpy(np.stack(labels)),
+            evidence_mask=self.evidence_mask(samples) if self.config.attention_supervision > 0 else None,
         )
+
+    def evidence_mask(self, samples: Sequence[Sample]) -> torch.Tensor:
+        return torch.from_numpy(np.stack([patch_mask(s.evidence, self.patch_grid) for s in samples]))
 
     def labels(self, answers: Sequence[str]) -> torch.Tensor:
         """Answer ids ending in EOS, cut from the right (the T5 tokenizer cuts prompts from the

@@ -9,6 +9,7 @@ Output directory layout:
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import logging
 import math
@@ -43,6 +44,56 @@ FINAL_DIR = "model"
 STATE_NAME = "trainer_state.pt"
 
 
+class QFormerCrossAttention:
+    """While active, records the attention probabilities of the Q-Former's last cross-attention
+    layer (its 32 queries over the ViT tokens) and turns them into the attention-supervision loss.
+
+    A forward pre-hook recomputes the probabilities from the layer's own query and key projections
+    (differentiably) because fused attention kernels do not return them; the layer's output is
+    untouched. Training only: the hook is removed on exit.
+    """
+
+    def __init__(self, lion: LionModel) -> None:
+        if not lion.config.uses_qformer:
+            raise ValueError("attention supervision needs the Q-Former (visual_input all/qformer)")
+        layers = [layer for layer in lion.qformer.encoder.layer if layer.has_cross_attention]
+        self.layer = layers[-1].crossattention
+        self.maps: list[torch.Tensor] = []
+        self._handle = None
+
+    def __enter__(self) -> "QFormerCrossAttention":
+        self.maps.clear()
+        self._handle = self.layer.register_forward_pre_hook(self._record, with_kwargs=True)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._handle.remove()
+
+    def _record(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        attention = module.attention
+        queries = args[0] if args else kwargs["hidden_states"]
+        keys = kwargs["encoder_hidden_states"]
+        heads, size = attention.num_attention_heads, attention.attention_head_size
+        q = attention.query(queries).unflatten(-1, (heads, size)).transpose(1, 2)  # [B, H, 32, d]
+        k = attention.key(keys).unflatten(-1, (heads, size)).transpose(1, 2)  # [B, H, N, d]
+        self.maps.append(torch.softmax((q @ k.transpose(-1, -2)).float() * attention.scaling, dim=-1))
+
+    def evidence_loss(self, groups: list[torch.Tensor], evidence_mask: torch.Tensor) -> torch.Tensor:
+        """-log of the mean attention mass (over heads and queries) on each question's evidence
+        patches, averaged over the questions that have evidence; groups: the rows of each recorded
+        Q-Former pass, in order; evidence_mask [B, P] over the ViT patches (CLS excluded)."""
+        if len(self.maps) != len(groups):
+            raise RuntimeError(f"recorded {len(self.maps)} Q-Former passes for {len(groups)} question groups")
+        losses = []
+        for rows, probs in zip(groups, self.maps):
+            mask = evidence_mask[rows].to(probs.dtype)  # [b, P]
+            mass = (probs[..., 1:] * mask[:, None, None, :]).sum(-1).mean((1, 2))  # drop CLS; [b]
+            has_evidence = mask.sum(-1) > 0
+            losses.append(-torch.log(mass[has_evidence].clamp_min(1e-6)))
+        per_question = torch.cat(losses)
+        return per_question.mean() if len(per_question) else evidence_mask.new_zeros((), dtype=torch.float32)
+
+
 class TrainingModule(nn.Module):
     """Per-token losses for a `TrainBatch`; the module DDP/FSDP wrap.
 
@@ -53,28 +104,38 @@ class TrainingModule(nn.Module):
     130-token grounded caption otherwise pads every row to 130. The loss is unchanged.
     """
 
-    def __init__(self, lion: LionModel, length_groups: int = 1, dense_classes: tuple[int, ...] = ()) -> None:
+    def __init__(self, lion: LionModel, length_groups: int = 1, dense_classes: tuple[int, ...] = (),
+                 attention_supervision: bool = False) -> None:
         super().__init__()
         self.lion = lion
         self.length_groups = length_groups
+        self.cross_attention = QFormerCrossAttention(lion) if attention_supervision else None
         # A linear probe from the ViT's output tokens to per-patch labels (`dense_classes` classes
         # per label, see data.synthetic.patch_labels); training only.
         self.dense_classes = dense_classes
         self.probe = nn.Linear(lion.config.vision.hidden_size, sum(dense_classes)) if dense_classes else None
 
-    def forward(self, batch: TrainBatch) -> tuple[torch.Tensor, torch.Tensor]:
-        """([B, L] per-token answer losses, the mean dense-supervision loss or 0)."""
+    def forward(self, batch: TrainBatch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """([B, L] per-token answer losses, the mean dense-supervision loss or 0, the mean
+        attention-supervision loss or 0)."""
         features = self.lion.encode_image(batch.pixel_values)
         token_loss = batch.labels.new_zeros(batch.labels.shape, dtype=torch.float32)
-        for rows in self._groups(batch.labels):
-            group_loss = self._question_loss(batch, rows, features)  # [rows, the group's longest answer]
-            token_loss[rows, : group_loss.shape[1]] = group_loss
+        groups = self._groups(batch.labels)
+        with self.cross_attention or contextlib.nullcontext():
+            for rows in groups:
+                group_loss = self._question_loss(batch, rows, features)  # [rows, the group's longest answer]
+                token_loss[rows, : group_loss.shape[1]] = group_loss
+        attention_loss = token_loss.new_zeros(())
+        if self.cross_attention is not None:
+            if batch.evidence_mask is None:
+                raise ValueError("attention supervision needs the batch's evidence masks")
+            attention_loss = self.cross_attention.evidence_loss(groups, batch.evidence_mask)
         dense_loss = token_loss.new_zeros(())
         if self.probe is not None:
             if batch.patch_labels is None or features.qformer_input is None:
                 raise ValueError("dense supervision needs patch labels and the ViT output (visual_input all/qformer)")
             dense_loss = self._dense_loss(features.qformer_input[:, 1:], batch.patch_labels)  # drop CLS
-        return token_loss, dense_loss
+        return token_loss, dense_loss, attention_loss
 
     def _dense_loss(self, patches: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Mean over the labels of the per-patch cross-entropy; patches [I, P, D], labels [I, P, K]."""
@@ -170,7 +231,7 @@ def train(config: TrainConfig) -> TrainResult:
     lion.to(env.device)
     dense_targets = config.data.dense_targets if config.data.dense_supervision > 0 else []
     training_module = TrainingModule(lion, config.data.length_groups, patch_label_classes(dense_targets)
-                                     if dense_targets else ())
+                                     if dense_targets else (), config.data.attention_supervision > 0)
     module = dist_utils.wrap(training_module, config.run, env)
     optimizer = torch.optim.AdamW(
         param_groups(module, config.optim.weight_decay), lr=config.optim.lr, betas=config.optim.betas,
@@ -187,6 +248,7 @@ def train(config: TrainConfig) -> TrainResult:
     collator = Collator(
         tokenizers, config.data, PreprocessConfig(image_size=lion.config.vision.image_size),
         qformer_max_tokens=lion.config.qformer.max_position_embeddings,
+        patch_grid=lion.config.vision.image_size // lion.config.vision.patch_size,
     )
     vision = lion.config.vision
     if config.data.files:
@@ -216,9 +278,10 @@ def train(config: TrainConfig) -> TrainResult:
         # backward lets gradient checkpointing recompute routed blocks.
         with lion.route(batch.task_index):
             with autocast:
-                token_loss, dense_loss = module(batch)
+                token_loss, dense_loss, attention_loss = module(batch)
             mask = batch.labels != -100
-            loss = token_loss.sum() / mask.sum() + config.data.dense_supervision * dense_loss
+            loss = (token_loss.sum() / mask.sum() + config.data.dense_supervision * dense_loss
+                    + config.data.attention_supervision * attention_loss)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
         grad_norm = dist_utils.clip_grad_norm(module, config.optim.grad_clip)
@@ -231,6 +294,7 @@ def train(config: TrainConfig) -> TrainResult:
         if step % config.run.log_every == 0 or step == config.optim.steps:
             stats = _loss_stats(token_loss.detach(), mask, batch.task_index)
             stats["loss_dense"] = float(dense_loss.detach())
+            stats["loss_attention"] = float(attention_loss.detach())
             stats = dist_utils.mean_over_ranks(stats, env)
             loss_value = stats["loss"]
             elapsed = time.time() - window_start
@@ -283,8 +347,8 @@ def _loss_stats(token_loss: torch.Tensor, mask: torch.Tensor, task_index: torch.
 class MetricLogger:
     """CSV + TensorBoard scalars on rank 0."""
 
-    FIELDS = ("step", "loss", "loss_region", "loss_image", "loss_dense", "lr", "grad_norm", "samples_per_s",
-              "elapsed_s")
+    FIELDS = ("step", "loss", "loss_region", "loss_image", "loss_dense", "loss_attention", "lr", "grad_norm",
+              "samples_per_s", "elapsed_s")
 
     def __init__(self, out_dir: Path, enabled: bool, resume_step: int) -> None:
         self.enabled = enabled
