@@ -94,7 +94,8 @@ class DataSection:
     # Stage 0 only: weight of an auxiliary loss that draws the Q-Former's cross-attention to the
     # patches of the objects each question is about (`Sample.evidence`; synthetic scenes only).
     # Where dense supervision teaches the ViT what is under each patch, this teaches the Q-Former
-    # where to look for a question: the step a from-scratch model failed to learn from answers alone.
+    # where to look for a question. Measured on nano: the attention moves, the answers do not
+    # (MODEL_CARD.md), so nano-stage0.yaml leaves it off.
     attention_supervision: float = 0.0
 
 
