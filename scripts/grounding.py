@@ -20,24 +20,28 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lion_ros.data.synthetic import SyntheticDataset, patch_label_classes, patch_labels, patch_mask
-from lion_ros.model.lion import LionModel
+from lion_ros.data.synthetic import Scene, SyntheticDataset, patch_label_classes, patch_labels, patch_mask
+from lion_ros.model.lion import ImageFeatures, LionModel
 from lion_ros.preprocess import PreprocessConfig, preprocess_image
 from lion_ros.tokenization import LionTokenizers
 from lion_ros.train.trainer import STATE_NAME, QFormerCrossAttention
+
+
+def encode_scene(lion: LionModel, scene: Scene) -> ImageFeatures:
+    pixels = preprocess_image(scene.rgb, PreprocessConfig(image_size=lion.config.vision.image_size))
+    return lion.encode_image(torch.from_numpy(pixels)[None])
 
 
 def attention_on_evidence(lion: LionModel, tokenizers: LionTokenizers, scenes: SyntheticDataset) -> dict[str, float]:
     if not (lion.config.uses_qformer and lion.config.uses_aggregator):
         raise SystemExit("the attention report needs visual_input 'all' (Q-Former and aggregator tokens)")
     lion.language_model.set_attn_implementation("eager")  # the only path that returns probabilities
-    grid = lion.config.vision.image_size // lion.config.vision.patch_size
+    grid = lion.config.vision.patch_grid
     patches = slice(lion.config.qformer.num_query_tokens + 1, lion.config.qformer.num_query_tokens + 1 + grid * grid)
     recorder = QFormerCrossAttention(lion)
     qformer, t5, uniform = [], [], []
     for index in range(scenes.num_scenes):
-        pixels = torch.from_numpy(preprocess_image(scenes.scene(index).rgb, PreprocessConfig(lion.config.vision.image_size)))
-        features = lion.encode_image(pixels[None])
+        features = encode_scene(lion, scenes.scene(index))
         for sample in scenes.scene_samples(index):
             if sample.task_name != "attribute":
                 continue
@@ -65,13 +69,12 @@ def probe_accuracy(lion: LionModel, checkpoint: Path, scenes: SyntheticDataset) 
     classes = patch_label_classes(["object"])
     probe = torch.nn.Linear(lion.config.vision.hidden_size, sum(classes))
     probe.load_state_dict(state["probe"])  # raises when the checkpoint used other dense_targets
-    grid = lion.config.vision.image_size // lion.config.vision.patch_size
+    grid = lion.config.vision.patch_grid
     correct, total = np.zeros(len(classes)), 0
     for index in range(scenes.num_scenes):
         scene = scenes.scene(index)
-        pixels = torch.from_numpy(preprocess_image(scene.rgb, PreprocessConfig(lion.config.vision.image_size)))
         labels = torch.from_numpy(patch_labels(scene, grid))
-        logits = probe(lion.encode_image(pixels[None]).qformer_input[0, 1:]).split(classes, dim=-1)
+        logits = probe(encode_scene(lion, scene).qformer_input[0, 1:]).split(classes, dim=-1)
         on_object = labels[:, 0] > 0
         for k, kind in enumerate(logits):
             correct[k] += int((kind.argmax(-1)[on_object] == labels[on_object, k]).sum())

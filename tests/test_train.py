@@ -306,7 +306,7 @@ def test_scratch_vit_starts_with_a_readable_2d_position_table(tokenizer_dir: Pat
     config = tiny_config(tokenizer_dir, tmp_path)
     model = build_model(config, LionTokenizers.load(tokenizer_dir))
     vision = model.config.vision
-    grid = vision.image_size // vision.patch_size
+    grid = vision.patch_grid
     table = model.vision_model.embeddings.position_embedding.detach()[0].clone()
     assert torch.equal(table[0], torch.zeros_like(table[0]))  # CLS has no position
     patches = table[1:].reshape(grid, grid, -1)
@@ -343,7 +343,7 @@ def test_attention_supervision_reads_the_qformers_own_cross_attention(tokenizer_
     tokenizers = LionTokenizers.load(tokenizer_dir)
     torch.manual_seed(0)
     lion = build_model(config, tokenizers).eval()
-    grid = lion.config.vision.image_size // lion.config.vision.patch_size
+    grid = lion.config.vision.patch_grid
     collator = Collator(tokenizers, config.data, PreprocessConfig(image_size=lion.config.vision.image_size),
                         qformer_max_tokens=lion.config.qformer.max_position_embeddings, patch_grid=grid)
     batch = SyntheticBatches(config.data, collator, STAGE_TASKS["stage0"], seed=0)[0]

@@ -570,6 +570,12 @@ def _object_labels(scene: Scene, obj: SceneObject, targets: Sequence[str]) -> li
     return labels
 
 
+def _patch_centres(grid: int) -> tuple[np.ndarray, np.ndarray]:
+    """[grid, grid] x and y of each patch centre of a `grid`x`grid` layout, in [0, 1] image units."""
+    centres = (np.arange(grid) + 0.5) / grid
+    return np.meshgrid(centres, centres)
+
+
 def patch_labels(scene: Scene, grid: int, targets: Sequence[str] = ("object",)) -> np.ndarray:
     """[grid*grid, len(patch_label_classes(targets))] int64 labels of a `grid`x`grid` patch layout
     of the (squashed) image, describing the object whose visible box holds the patch centre,
@@ -577,8 +583,8 @@ def patch_labels(scene: Scene, grid: int, targets: Sequence[str] = ("object",)) 
 
     Dense targets for stage 0 of a model without a pretrained ViT: every patch of every image
     gets labels, where the question-answer loss gives one weak signal per image."""
-    centres = (np.arange(grid) + 0.5) / grid
-    u, v = np.meshgrid(centres * scene.width, centres * scene.height)
+    u, v = _patch_centres(grid)
+    u, v = u * scene.width, v * scene.height
     labels = np.zeros((grid, grid, len(patch_label_classes(targets))), np.int64)
     for obj in sorted(scene.objects, key=lambda o: -o.depth_m):  # painter's order: near overwrites far
         x1, y1, x2, y2 = obj.box
@@ -590,8 +596,7 @@ def patch_labels(scene: Scene, grid: int, targets: Sequence[str] = ("object",)) 
 def patch_mask(boxes: Sequence[Box], grid: int) -> np.ndarray:
     """[grid*grid] bool: which patches of a `grid`x`grid` layout of the (squashed) image have their
     centre inside one of the normalised `boxes` (a sample's `evidence`)."""
-    centres = (np.arange(grid) + 0.5) / grid
-    u, v = np.meshgrid(centres, centres)
+    u, v = _patch_centres(grid)
     inside = np.zeros((grid, grid), bool)
     for x1, y1, x2, y2 in boxes:
         inside |= (u >= x1) & (u < x2) & (v >= y1) & (v < y2)

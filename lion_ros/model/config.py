@@ -32,9 +32,14 @@ class VisionConfig:
     ln_vision_eps: float = 1e-5
 
     @property
+    def patch_grid(self) -> int:
+        """Patches per side of the (square) input."""
+        return self.image_size // self.patch_size
+
+    @property
     def num_tokens(self) -> int:
         """CLS + one token per patch."""
-        return (self.image_size // self.patch_size) ** 2 + 1
+        return self.patch_grid ** 2 + 1
 
 
 @dataclass

@@ -195,7 +195,7 @@ def _sincos_position_embedding(model: LionModel) -> None:
     zero. Half the channels encode the column, half the row, each as sin/cos pairs over
     geometric frequencies."""
     vision = model.config.vision
-    grid, width = vision.image_size // vision.patch_size, vision.hidden_size
+    grid, width = vision.patch_grid, vision.hidden_size
     if width % 4:
         raise ValueError(f"a 2-D sine-cosine position table needs a ViT width divisible by 4, got {width}")
     frequencies = 1.0 / 10000 ** (torch.arange(width // 4, dtype=torch.float64) / (width // 4))

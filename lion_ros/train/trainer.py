@@ -245,19 +245,18 @@ def train(config: TrainConfig) -> TrainResult:
         step = load_trainer_state(resume_dir, module, optimizer, scheduler, env, training_module.probe)
         log.info("resumed from %s at step %d", resume_dir, step)
 
-    collator = Collator(
-        tokenizers, config.data, PreprocessConfig(image_size=lion.config.vision.image_size),
-        qformer_max_tokens=lion.config.qformer.max_position_embeddings,
-        patch_grid=lion.config.vision.image_size // lion.config.vision.patch_size,
-    )
     vision = lion.config.vision
+    collator = Collator(
+        tokenizers, config.data, PreprocessConfig(image_size=vision.image_size),
+        qformer_max_tokens=lion.config.qformer.max_position_embeddings, patch_grid=vision.patch_grid,
+    )
     if config.data.files:
         dataset: ImageBatches = FileBatches(config.data, collator, STAGE_TASKS[config.stage], config.run.seed,
                                             env.rank, env.world_size)
     else:
         dataset = SyntheticBatches(
             config.data, collator, STAGE_TASKS[config.stage], config.run.seed, env.rank, env.world_size,
-            patch_grid=vision.image_size // vision.patch_size, patch_targets=dense_targets,
+            patch_grid=vision.patch_grid, patch_targets=dense_targets,
         )
     stream = iter(BatchStream(dataset, step, config.data.num_workers, seed=config.run.seed))
     if env.is_main:
