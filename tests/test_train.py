@@ -19,6 +19,8 @@ from lion_ros.api import TaskKind
 from lion_ros.model import LionConfig, LionModel, parameter_group
 from lion_ros.tokenization import LionTokenizers
 from lion_ros.train import TRAINABLE_GROUPS, TrainConfig, apply_freeze_policy, handover, train
+from lion_ros.train.config import OptimSection
+from lion_ros.train.trainer import LRSchedule
 
 STAGE_MODES = {"stage1": "qformer", "stage2": "aggregator"}
 
@@ -36,9 +38,13 @@ def tiny_config(tokenizer_dir: Path, out: Path, **sections: dict) -> TrainConfig
     return TrainConfig.from_dict(data)
 
 
-def logged_losses(out: Path) -> dict[int, float]:
+def logged_column(out: Path, name: str) -> dict[int, float]:
     with (out / "log.csv").open() as f:
-        return {int(row["step"]): float(row["loss"]) for row in csv.DictReader(f)}
+        return {int(row["step"]): float(row[name]) for row in csv.DictReader(f)}
+
+
+def logged_losses(out: Path) -> dict[int, float]:
+    return logged_column(out, "loss")
 
 
 def tensors(model: LionModel) -> dict[str, torch.Tensor]:
@@ -65,6 +71,38 @@ def test_resume_reproduces_the_next_step_loss(tokenizer_dir: Path, tmp_path: Pat
     assert sorted(got) == [3, 4]
     for step in (3, 4):
         assert got[step] == pytest.approx(expected[step], rel=1e-6, abs=1e-6)
+    # The stage's wall time travels too: run.max_minutes and optim.schedule time count it.
+    before = torch.load(checkpoint / "trainer_state.pt", weights_only=True)["seconds"]
+    assert before > 0
+    assert logged_column(resumed, "elapsed_s")[3] > before
+
+
+def test_lr_schedule_warms_up_then_decays_by_steps_or_by_time() -> None:
+    optim = OptimSection(lr=1.0, min_lr_ratio=0.1, warmup_steps=10, steps=110)
+    by_steps = LRSchedule(optim, max_minutes=1.0)
+    assert [by_steps.lr(s, 0.0) for s in (0, 4, 9)] == pytest.approx([0.1, 0.5, 1.0])
+    assert by_steps.lr(60, 0.0) == pytest.approx(0.55)  # half way: min + (1 - min) / 2
+    assert by_steps.lr(110, 0.0) == pytest.approx(0.1)
+    assert by_steps.lr(60, 1e6) == by_steps.lr(60, 0.0)  # a step schedule ignores the clock
+    by_time = LRSchedule(dataclasses.replace(optim, schedule="time"), max_minutes=1.0)
+    assert by_time.lr(5, 59.0) == pytest.approx(0.6)  # warm-up is in steps
+    assert by_time.lr(20, 30.0) == pytest.approx(0.55)  # time is ahead of steps (10 %): time rules
+    assert by_time.lr(100, 6.0) == pytest.approx(by_steps.lr(100, 0.0))  # steps ahead: steps rule
+    assert by_time.lr(20, 60.0) == pytest.approx(0.1)
+
+
+def test_time_schedule_stops_at_the_cap_with_a_decaying_rate(tokenizer_dir: Path, tmp_path: Path) -> None:
+    config = tiny_config(tokenizer_dir, tmp_path, optim={"steps": 100_000, "schedule": "time"},
+                         run={"max_minutes": 0.1})
+    result = train(config)
+    lrs = logged_column(tmp_path, "lr")
+    assert 2 <= result.step < 100_000
+    assert list(lrs.values()) == sorted(lrs.values(), reverse=True)  # warm-up is 1 step
+    assert lrs[result.step] < 0.9 * config.optim.lr
+    with pytest.raises(ValueError, match="max_minutes"):
+        tiny_config(tokenizer_dir, tmp_path, optim={"schedule": "time"})
+    with pytest.raises(ValueError, match="optim.schedule"):
+        tiny_config(tokenizer_dir, tmp_path, optim={"schedule": "linear"})
 
 
 def test_dense_supervision_learns_and_resumes_exactly(tokenizer_dir: Path, tmp_path: Path) -> None:

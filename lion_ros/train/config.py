@@ -18,6 +18,7 @@ from lion_ros.data.synthetic import SyntheticConfig, patch_label_classes
 STAGES = ("stage0", "stage1", "stage2", "stage3", "mixed")
 INIT_KINDS = ("scratch", "pretrained", "handover")
 DISTRIBUTED_MODES = ("none", "ddp", "fsdp")
+SCHEDULES = ("steps", "time")
 
 
 @dataclass
@@ -109,6 +110,9 @@ class OptimSection:
     warmup_steps: int = 100
     steps: int = 1000
     grad_clip: float = 1.0
+    # steps: the cosine decay spans optim.steps. time: it ends at optim.steps or at run.max_minutes,
+    # whichever comes first, so a slower machine trains fewer steps but with the whole decay.
+    schedule: str = "steps"
 
 
 @dataclass
@@ -169,6 +173,10 @@ class TrainConfig:
             raise ValueError("data.attention_supervision cannot be combined with model.gradient_checkpointing")
         if self.data.dense_supervision > 0 and self.run.distributed == "fsdp":
             raise ValueError("data.dense_supervision is not supported with FSDP (its probe is not sharded)")
+        if self.optim.schedule not in SCHEDULES:
+            raise ValueError(f"optim.schedule must be one of {SCHEDULES}, got {self.optim.schedule!r}")
+        if self.optim.schedule == "time" and self.run.max_minutes <= 0:
+            raise ValueError("optim.schedule: time decays over run.max_minutes; set it > 0")
         if self.init.kind == "pretrained" and not self.init.path:
             raise ValueError("init.kind pretrained needs init.path")
 

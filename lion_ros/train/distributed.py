@@ -140,12 +140,12 @@ def mean_over_ranks(stats: dict[str, float], env: DistEnv) -> dict[str, float]:
     return {k: float(s / c) if c > 0 else float("nan") for k, s, c in zip(keys, sums, counts)}
 
 
-def any_rank(flag: bool, env: DistEnv) -> bool:
+def max_over_ranks(value: float, env: DistEnv) -> float:
     if not env.distributed:
-        return flag
-    value = torch.tensor([int(flag)], device=env.device)
-    dist.all_reduce(value, op=dist.ReduceOp.MAX)
-    return bool(value.item())
+        return value
+    packed = torch.tensor([value], dtype=torch.float64, device=env.device)
+    dist.all_reduce(packed, op=dist.ReduceOp.MAX)
+    return float(packed.item())
 
 
 def barrier(env: DistEnv) -> None:

@@ -32,7 +32,7 @@ from lion_ros.preprocess import PreprocessConfig
 from lion_ros.tokenization import LionTokenizers
 
 from . import distributed as dist_utils
-from .config import TrainConfig
+from .config import OptimSection, TrainConfig
 from .data import STAGE_TASKS, BatchStream, Collator, FileBatches, ImageBatches, SyntheticBatches, TrainBatch
 from .stages import apply_freeze_policy, build_model, set_train_mode
 from .tokenizers import prepare_tokenizers
@@ -186,16 +186,32 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def lr_lambda(warmup_steps: int, total_steps: int, min_ratio: float):
-    """Linear warm-up to 1, then cosine decay to `min_ratio` at `total_steps`."""
+class LRSchedule:
+    """Linear warm-up over `optim.warmup_steps`, then cosine decay to `lr * min_lr_ratio`.
 
-    def factor(step: int) -> float:
-        if step < warmup_steps:
-            return (step + 1) / warmup_steps
-        progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
-        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+    The decay's progress is the step's share of `optim.steps`; with `optim.schedule: time` it is
+    the larger of that and the training time's share of `run.max_minutes`, so that a machine
+    slower than planned still finishes the decay inside the cap instead of being cut off with
+    the learning rate at its peak (the cap ends the run when either share reaches 1)."""
 
-    return factor
+    def __init__(self, optim: OptimSection, max_minutes: float) -> None:
+        self.optim = optim
+        self.budget_s = 60 * max_minutes if optim.schedule == "time" else 0.0
+
+    def progress(self, step: int, seconds: float) -> float:
+        o = self.optim
+        share = (step - o.warmup_steps) / max(1, o.steps - o.warmup_steps)
+        if self.budget_s > 0:
+            share = max(share, seconds / self.budget_s)
+        return min(1.0, max(0.0, share))
+
+    def lr(self, step: int, seconds: float) -> float:
+        """Learning rate for step `step` (0-based) after `seconds` of training."""
+        o = self.optim
+        if step < o.warmup_steps:
+            return o.lr * (step + 1) / o.warmup_steps
+        cosine = 0.5 * (1 + math.cos(math.pi * self.progress(step, seconds)))
+        return o.lr * (o.min_lr_ratio + (1 - o.min_lr_ratio) * cosine)
 
 
 @dataclass
@@ -237,13 +253,11 @@ def train(config: TrainConfig) -> TrainResult:
         param_groups(module, config.optim.weight_decay), lr=config.optim.lr, betas=config.optim.betas,
         eps=config.optim.eps,
     )
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lr_lambda(config.optim.warmup_steps, config.optim.steps, config.optim.min_lr_ratio)
-    )
-    step = 0
+    schedule = LRSchedule(config.optim, config.run.max_minutes)
+    step, seconds_before = 0, 0.0  # seconds: this stage's wall time in earlier runs (resume)
     if resume_dir is not None:
-        step = load_trainer_state(resume_dir, module, optimizer, scheduler, env, training_module.probe)
-        log.info("resumed from %s at step %d", resume_dir, step)
+        step, seconds_before = load_trainer_state(resume_dir, module, optimizer, env, training_module.probe)
+        log.info("resumed from %s at step %d (%.1f min of training before)", resume_dir, step, seconds_before / 60)
 
     vision = lion.config.vision
     collator = Collator(
@@ -271,7 +285,10 @@ def train(config: TrainConfig) -> TrainResult:
     progress = tqdm(total=config.optim.steps, initial=step, disable=not env.is_main, desc=config.stage, dynamic_ncols=True)
     loss_value = float("nan")
     window_start, window_samples = time.time(), 0
+    elapsed = seconds_before
     while step < config.optim.steps:
+        for group in optimizer.param_groups:
+            group["lr"] = schedule.lr(step, elapsed)
         batch = next(stream).to(env.device)
         # The routers read the task index from the model while T5 runs; holding it through
         # backward lets gradient checkpointing recompute routed blocks.
@@ -285,7 +302,6 @@ def train(config: TrainConfig) -> TrainResult:
             loss.backward()
         grad_norm = dist_utils.clip_grad_norm(module, config.optim.grad_clip)
         optimizer.step()
-        scheduler.step()
         step += 1
         window_samples += batch.num_questions * env.world_size
         progress.update(1)
@@ -296,17 +312,18 @@ def train(config: TrainConfig) -> TrainResult:
             stats["loss_attention"] = float(attention_loss.detach())
             stats = dist_utils.mean_over_ranks(stats, env)
             loss_value = stats["loss"]
-            elapsed = time.time() - window_start
-            stats.update(lr=scheduler.get_last_lr()[0], grad_norm=float(grad_norm),
-                         samples_per_s=window_samples / max(elapsed, 1e-9), elapsed_s=time.time() - start_time)
+            window_s = time.time() - window_start
+            stats.update(lr=optimizer.param_groups[0]["lr"], grad_norm=float(grad_norm),
+                         samples_per_s=window_samples / max(window_s, 1e-9), elapsed_s=elapsed)
             logger.log(step, stats)
             progress.set_postfix(loss=f"{loss_value:.3f}", lr=f"{stats['lr']:.2e}")
             window_start, window_samples = time.time(), 0
 
-        out_of_time = config.run.max_minutes > 0 and (time.time() - start_time) > 60 * config.run.max_minutes
-        out_of_time = dist_utils.any_rank(out_of_time, env)
+        # Every rank takes the slowest one's clock, so they agree on the learning rate and the stop.
+        elapsed = dist_utils.max_over_ranks(seconds_before + time.time() - start_time, env)
+        out_of_time = config.run.max_minutes > 0 and elapsed > 60 * config.run.max_minutes
         if step % config.run.checkpoint_every == 0 or out_of_time:
-            save_checkpoint(out_dir, step, module, lion, tokenizers, optimizer, scheduler, config, env,
+            save_checkpoint(out_dir, step, elapsed, module, lion, tokenizers, optimizer, config, env,
                             training_module.probe)
         if out_of_time:
             log.warning("stopping at step %d: run.max_minutes=%s reached", step, config.run.max_minutes)
@@ -380,11 +397,12 @@ class MetricLogger:
 
 
 def save_checkpoint(
-    out_dir: Path, step: int, module: nn.Module, lion: LionModel, tokenizers: LionTokenizers,
-    optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LRScheduler, config: TrainConfig,
-    env: dist_utils.DistEnv, probe: Optional[nn.Module] = None,
+    out_dir: Path, step: int, seconds: float, module: nn.Module, lion: LionModel, tokenizers: LionTokenizers,
+    optimizer: torch.optim.Optimizer, config: TrainConfig, env: dist_utils.DistEnv,
+    probe: Optional[nn.Module] = None,
 ) -> None:
-    """Model + optimizer + scheduler + step + every rank's RNG, then prune old checkpoints.
+    """Model + optimizer + step + the stage's wall time so far + every rank's RNG, then prune old
+    checkpoints (the learning rate is a function of step and time, so it needs no state).
 
     The tokenizers go along so that a checkpoint is a model directory `lion-eval` can read."""
     ckpt = out_dir / CHECKPOINTS_DIR / f"step-{step:07d}"
@@ -393,7 +411,7 @@ def save_checkpoint(
         if env.is_main:
             lion.save_pretrained(ckpt)
             tokenizers.save(ckpt)
-            state = {"step": step, "optimizer": optim_state, "scheduler": scheduler.state_dict()}
+            state = {"step": step, "seconds": seconds, "optimizer": optim_state}
             if probe is not None:  # not part of the model, but resuming needs it
                 state["probe"] = probe.state_dict()
             torch.save(state, ckpt / STATE_NAME)
@@ -411,9 +429,10 @@ def save_checkpoint(
 
 
 def load_trainer_state(
-    ckpt: Path, module: nn.Module, optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LRScheduler, env: dist_utils.DistEnv, probe: Optional[nn.Module] = None,
-) -> int:
+    ckpt: Path, module: nn.Module, optimizer: torch.optim.Optimizer, env: dist_utils.DistEnv,
+    probe: Optional[nn.Module] = None,
+) -> tuple[int, float]:
+    """Restore what `save_checkpoint` wrote; returns (step, seconds of training before it)."""
     state = torch.load(ckpt / STATE_NAME, map_location="cpu", weights_only=True)
     if (probe is None) != ("probe" not in state):
         raise ValueError(f"{ckpt} was saved {'without' if probe is not None else 'with'} data.dense_supervision; "
@@ -423,14 +442,13 @@ def load_trainer_state(
             raise ValueError(f"{ckpt} was saved with other data.dense_targets; resume it with the same ones")
         probe.load_state_dict(state["probe"])
     dist_utils.load_optimizer_state(module, optimizer, state["optimizer"], env)
-    scheduler.load_state_dict(state["scheduler"])
     rng_file = ckpt / f"rng-rank{env.rank}.pt"
     if rng_file.exists():
         rng = torch.load(rng_file, weights_only=True)
         torch.set_rng_state(rng["torch"])
         if "cuda" in rng and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(rng["cuda"])
-    return int(state["step"])
+    return int(state["step"]), float(state.get("seconds", 0.0))  # older checkpoints: no time
 
 
 def find_resume(resume: str, out_dir: Path) -> Optional[Path]:
