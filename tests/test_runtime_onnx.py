@@ -18,7 +18,7 @@ from tiny_lion import rgb_image
 
 from lion_ros.api import TaskKind
 from lion_ros.export.engines import EngineMetadata, EngineMismatchError
-from lion_ros.model.generation import GenerationSettings, decode
+from lion_ros.model.generation import decode
 from lion_ros.runtime.base import GenerationSettings, RequestCancelled
 from lion_ros.runtime.onnxruntime import OnnxRuntimeRuntime
 from lion_ros.runtime.pytorch import PyTorchRuntime
