@@ -305,6 +305,8 @@ def train(config: TrainConfig) -> TrainResult:
         step += 1
         window_samples += batch.num_questions * env.world_size
         progress.update(1)
+        # Every rank takes the slowest one's clock, so they agree on the learning rate and the stop.
+        elapsed = dist_utils.max_over_ranks(seconds_before + time.time() - start_time, env)
 
         if step % config.run.log_every == 0 or step == config.optim.steps:
             stats = _loss_stats(token_loss.detach(), mask, batch.task_index)
@@ -319,8 +321,6 @@ def train(config: TrainConfig) -> TrainResult:
             progress.set_postfix(loss=f"{loss_value:.3f}", lr=f"{stats['lr']:.2e}")
             window_start, window_samples = time.time(), 0
 
-        # Every rank takes the slowest one's clock, so they agree on the learning rate and the stop.
-        elapsed = dist_utils.max_over_ranks(seconds_before + time.time() - start_time, env)
         out_of_time = config.run.max_minutes > 0 and elapsed > 60 * config.run.max_minutes
         if step % config.run.checkpoint_every == 0 or out_of_time:
             save_checkpoint(out_dir, step, elapsed, module, lion, tokenizers, optimizer, config, env,
