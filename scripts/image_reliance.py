@@ -19,7 +19,7 @@ from lion_ros.preprocess import PreprocessConfig
 from lion_ros.tokenization import LionTokenizers
 from lion_ros.train.config import TrainConfig
 from lion_ros.train.data import STAGE_TASKS, Collator, SyntheticBatches
-from lion_ros.train.trainer import TrainingModule
+from lion_ros.train.trainer import TrainingModule, answer_loss
 
 HELD_OUT_SEED = 123_457  # not a seed of any training config
 
@@ -41,16 +41,19 @@ def main() -> None:
                         qformer_max_tokens=lion.config.qformer.max_position_embeddings)
     batches = SyntheticBatches(config.data, collator, STAGE_TASKS[config.stage], seed=HELD_OUT_SEED)
     module = TrainingModule(lion, config.data.length_groups)
-    print("batch  own image  other image  difference")
+    # Token-averaged, long answers (boxes, captions) dominate; question-averaged, every question
+    # counts once, so the one-word answers of yes/no, counting and attributes show.
+    print("batch  average   own image  other image  difference")
     with torch.no_grad():
         for k in range(args.batches):
             batch = batches[k]
-            tokens = (batch.labels != -100).sum()
-            own = module(batch)[0].sum() / tokens
+            mask = batch.labels != -100
+            own = module(batch)[0]
             batch.image_index = (batch.image_index + 1) % batch.pixel_values.shape[0]  # next image's features
-            other = module(batch)[0].sum() / tokens
-            print(f"{k:5d}  {own:9.4f}  {other:11.4f}  {other - own:+10.4f}")
-
+            other = module(batch)[0]
+            for average in ("token", "question"):
+                own_loss, other_loss = answer_loss(own, mask, average), answer_loss(other, mask, average)
+                print(f"{k:5d}  {average:8s}  {own_loss:9.4f}  {other_loss:11.4f}  {other_loss - own_loss:+10.4f}")
 
 if __name__ == "__main__":
     main()

@@ -91,6 +91,18 @@ def test_lr_schedule_warms_up_then_decays_by_steps_or_by_time() -> None:
     assert by_time.lr(20, 60.0) == pytest.approx(0.1)
 
 
+def test_question_average_weighs_every_question_the_same() -> None:
+    from lion_ros.train.trainer import answer_loss
+
+    token_loss = torch.tensor([[1.0, 0.0, 0.0, 0.0], [2.0, 2.0, 2.0, 2.0]])  # "yes" (1 token) vs a 4-token box
+    mask = torch.tensor([[True, False, False, False], [True, True, True, True]])
+    assert float(answer_loss(token_loss, mask, "token")) == pytest.approx(9 / 5)
+    assert float(answer_loss(token_loss, mask, "question")) == pytest.approx((1 + 2) / 2)
+    with pytest.raises(ValueError, match="loss_average"):
+        TrainConfig.from_dict({"stage": "stage0", "model": {"preset": "lion-tiny", "tokenizer_dir": "t"},
+                               "optim": {"loss_average": "sample"}})
+
+
 def test_time_schedule_stops_at_the_cap_with_a_decaying_rate(tokenizer_dir: Path, tmp_path: Path) -> None:
     config = tiny_config(tokenizer_dir, tmp_path, optim={"steps": 100_000, "schedule": "time"},
                          run={"max_minutes": 0.1})
@@ -128,6 +140,33 @@ def test_dense_supervision_learns_and_resumes_exactly(tokenizer_dir: Path, tmp_p
         tiny_config(tokenizer_dir, tmp_path, stage="stage1", data=data)
     with pytest.raises(ValueError, match="dense targets"):
         tiny_config(tokenizer_dir, tmp_path, data={**data, "dense_targets": ["object", "shape"]})
+
+
+def test_dense_words_points_patch_tokens_at_their_words(tokenizer_dir: Path, tmp_path: Path) -> None:
+    """data.dense_words: the loss is lowest when a patch token is T5's embedding of its object's
+    words, and training lowers it."""
+    from lion_ros.train.stages import _config_for_tokenizers
+    from lion_ros.train.trainer import TrainingModule, patch_word_ids
+
+    tokenizers = LionTokenizers.load(tokenizer_dir)
+    lion = LionModel(_config_for_tokenizers(LionConfig.preset("lion-tiny"), tokenizers))
+    words = patch_word_ids(tokenizers)
+    module = TrainingModule(lion, patch_words=words)
+    labels = torch.tensor([[[1, 1, 1], [3, 2, 2], [0, 0, 0]]])  # [1 image, 3 patches, category/colour/size]
+    shared = lion.language_model.shared.weight.detach()
+    own_words = torch.stack([shared[words[0][c - 1]] + shared[words[1][k - 1]] + shared[words[2][z - 1]]
+                             if c else torch.randn(shared.shape[1]) for c, k, z in labels[0].tolist()])[None]
+    swapped = labels.clone()
+    swapped[0, :2] = labels[0, [1, 0]]
+    assert module._words_loss(own_words, labels) < module._words_loss(own_words, swapped) - 1.0
+
+    train(tiny_config(tokenizer_dir, tmp_path, data={"dense_words": 1.0}, optim={"steps": 8}))
+    losses = list(logged_column(tmp_path, "loss_words").values())
+    assert losses[0] > 0 and sum(losses[-2:]) / 2 < sum(losses[:2]) / 2
+    with pytest.raises(ValueError, match="stage0"):
+        tiny_config(tokenizer_dir, tmp_path, stage="stage1", data={"dense_words": 1.0})
+    with pytest.raises(ValueError, match="object first"):
+        tiny_config(tokenizer_dir, tmp_path, data={"dense_words": 1.0, "dense_targets": ["box", "object"]})
 
 
 @pytest.fixture(scope="module")

@@ -19,6 +19,7 @@ STAGES = ("stage0", "stage1", "stage2", "stage3", "mixed")
 INIT_KINDS = ("scratch", "pretrained", "handover")
 DISTRIBUTED_MODES = ("none", "ddp", "fsdp")
 SCHEDULES = ("steps", "time")
+LOSS_AVERAGES = ("token", "question")
 
 
 @dataclass
@@ -92,6 +93,12 @@ class DataSection:
     dense_supervision: float = 0.0
     # Which per-patch labels (data.synthetic.PATCH_TARGETS): object, box, depth, count.
     dense_targets: list[str] = field(default_factory=lambda: ["object"])
+    # Stage 0 only: weight of an auxiliary loss that makes every aggregator token (what T5 reads)
+    # point, by cosine against T5's own input embeddings, at the words for the object under its
+    # patch (category, colour, size; the `object` dense target, which must come first). The
+    # region tokens then speak T5's vocabulary, so a question's words and the patches they name
+    # start out alike instead of T5 having to learn that match from the answer loss alone.
+    dense_words: float = 0.0
     # Stage 0 only: weight of an auxiliary loss that draws the Q-Former's cross-attention to the
     # patches of the objects each question is about (`Sample.evidence`; synthetic scenes only).
     # Where dense supervision teaches the ViT what is under each patch, this teaches the Q-Former
@@ -113,6 +120,10 @@ class OptimSection:
     # steps: the cosine decay spans optim.steps. time: it ends at optim.steps or at run.max_minutes,
     # whichever comes first, so a slower machine trains fewer steps but with the whole decay.
     schedule: str = "steps"
+    # token: the answer loss is the mean over all answer tokens of the batch, so a 25-token box or
+    # a 130-token caption weighs 25-130 times a one-word answer. question: the mean over questions
+    # of each answer's own token mean, so every question weighs the same.
+    loss_average: str = "token"
 
 
 @dataclass
@@ -158,6 +169,7 @@ class TrainConfig:
             raise ValueError("data.length_groups > 1 cannot be combined with model.gradient_checkpointing")
         # The auxiliary losses of a from-scratch stage 0: what they train and the labels they need.
         for name, trains, needs in (("dense_supervision", "the ViT", "per-patch labels"),
+                                    ("dense_words", "the aggregator", "per-patch labels"),
                                     ("attention_supervision", "the Q-Former", "each question's evidence boxes")):
             if getattr(self.data, name) <= 0:
                 continue
@@ -166,15 +178,21 @@ class TrainConfig:
             if self.data.files:
                 raise ValueError(f"data.{name} needs {needs}, which only synthetic scenes have; "
                                  "remove it or data.files")
-        if self.data.dense_supervision > 0:
+        if self.data.dense_supervision > 0 or self.data.dense_words > 0:
             patch_label_classes(self.data.dense_targets)  # raises on an unknown or empty list
+        if self.data.dense_words > 0 and self.data.dense_targets[0] != "object":
+            raise ValueError("data.dense_words reads the `object` labels: put object first in data.dense_targets")
         if self.data.attention_supervision > 0 and self.model.gradient_checkpointing:
             # The loss recomputes the attention map in a hook that is gone when backward recomputes.
             raise ValueError("data.attention_supervision cannot be combined with model.gradient_checkpointing")
         if self.data.dense_supervision > 0 and self.run.distributed == "fsdp":
             raise ValueError("data.dense_supervision is not supported with FSDP (its probe is not sharded)")
+        if self.data.dense_words > 0 and self.run.distributed == "fsdp":
+            raise ValueError("data.dense_words is not supported with FSDP (it reads T5's whole embedding table)")
         if self.optim.schedule not in SCHEDULES:
             raise ValueError(f"optim.schedule must be one of {SCHEDULES}, got {self.optim.schedule!r}")
+        if self.optim.loss_average not in LOSS_AVERAGES:
+            raise ValueError(f"optim.loss_average must be one of {LOSS_AVERAGES}, got {self.optim.loss_average!r}")
         if self.optim.schedule == "time" and self.run.max_minutes <= 0:
             raise ValueError("optim.schedule: time decays over run.max_minutes; set it > 0")
         if self.init.kind == "pretrained" and not self.init.path:

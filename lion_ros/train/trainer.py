@@ -26,7 +26,7 @@ from torch import nn
 from tqdm import tqdm
 
 from lion_ros.api import TaskKind
-from lion_ros.data.synthetic import patch_label_classes
+from lion_ros.data.synthetic import CATEGORIES, COLOURS, SIZES, patch_label_classes
 from lion_ros.model.lion import ImageFeatures, LionModel
 from lion_ros.preprocess import PreprocessConfig
 from lion_ros.tokenization import LionTokenizers
@@ -105,7 +105,7 @@ class TrainingModule(nn.Module):
     """
 
     def __init__(self, lion: LionModel, length_groups: int = 1, dense_classes: tuple[int, ...] = (),
-                 attention_supervision: bool = False) -> None:
+                 attention_supervision: bool = False, patch_words: Optional[list[torch.Tensor]] = None) -> None:
         super().__init__()
         self.lion = lion
         self.length_groups = length_groups
@@ -114,10 +114,13 @@ class TrainingModule(nn.Module):
         # per label, see data.synthetic.patch_labels); training only.
         self.dense_classes = dense_classes
         self.probe = nn.Linear(lion.config.vision.hidden_size, sum(dense_classes)) if dense_classes else None
+        # data.dense_words: the T5 ids of the words for label values 1..n of the first patch-label
+        # columns (`patch_word_ids`).
+        self.patch_words = patch_words
 
-    def forward(self, batch: TrainBatch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def forward(self, batch: TrainBatch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """([B, L] per-token answer losses, the mean dense-supervision loss or 0, the mean
-        attention-supervision loss or 0)."""
+        attention-supervision loss or 0, the mean dense-words loss or 0)."""
         features = self.lion.encode_image(batch.pixel_values)
         token_loss = batch.labels.new_zeros(batch.labels.shape, dtype=torch.float32)
         groups = self._groups(batch.labels)
@@ -135,13 +138,35 @@ class TrainingModule(nn.Module):
             if batch.patch_labels is None or features.qformer_input is None:
                 raise ValueError("dense supervision needs patch labels and the ViT output (visual_input all/qformer)")
             dense_loss = self._dense_loss(features.qformer_input[:, 1:], batch.patch_labels)  # drop CLS
-        return token_loss, dense_loss, attention_loss
+        words_loss = token_loss.new_zeros(())
+        if self.patch_words is not None:
+            if batch.patch_labels is None or features.aggregator_tokens is None:
+                raise ValueError("data.dense_words needs patch labels and the aggregator's tokens (visual_input all)")
+            words_loss = self._words_loss(features.aggregator_tokens[:, 1:], batch.patch_labels)  # drop CLS
+        return token_loss, dense_loss, attention_loss, words_loss
 
     def _dense_loss(self, patches: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Mean over the labels of the per-patch cross-entropy; patches [I, P, D], labels [I, P, K]."""
         logits = self.probe(patches.float()).split(self.dense_classes, dim=-1)
         return torch.stack([F.cross_entropy(kind.flatten(0, 1), labels[..., i].flatten())
                             for i, kind in enumerate(logits)]).mean()
+
+    def _words_loss(self, tokens: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Mean over the labels of the cross-entropy, on object patches, of the cosine between each
+        T5-side patch token [I, P, d_model] and T5's embeddings of that label's words."""
+        # A fixed scale (CLIP's 1/0.07 rounded): cosines alone give logits in [-1, 1], too flat to learn from.
+        scale = 14.0
+        tokens = F.normalize(tokens.float(), dim=-1)
+        embeddings = F.normalize(self.lion.language_model.shared.weight.float(), dim=-1)
+        losses = []
+        for column, ids in enumerate(self.patch_words):
+            target = labels[..., column]
+            on_object = target > 0
+            if not on_object.any():
+                continue
+            logits = scale * tokens[on_object] @ embeddings[ids.to(tokens.device)].T
+            losses.append(F.cross_entropy(logits, target[on_object] - 1))
+        return torch.stack(losses).mean() if losses else tokens.new_zeros(())
 
     def _groups(self, labels: torch.Tensor) -> list[torch.Tensor]:
         lengths = (labels != -100).sum(1)
@@ -245,9 +270,14 @@ def train(config: TrainConfig) -> TrainResult:
     if resume_dir is not None:
         lion.load_checkpoint(resume_dir)  # before wrapping, so FSDP shards the resumed weights
     lion.to(env.device)
-    dense_targets = config.data.dense_targets if config.data.dense_supervision > 0 else []
-    training_module = TrainingModule(lion, config.data.length_groups, patch_label_classes(dense_targets)
-                                     if dense_targets else (), config.data.attention_supervision > 0)
+    uses_patch_labels = config.data.dense_supervision > 0 or config.data.dense_words > 0
+    dense_targets = config.data.dense_targets if uses_patch_labels else []
+    training_module = TrainingModule(
+        lion, config.data.length_groups,
+        patch_label_classes(dense_targets) if config.data.dense_supervision > 0 else (),
+        config.data.attention_supervision > 0,
+        patch_word_ids(tokenizers) if config.data.dense_words > 0 else None,
+    )
     module = dist_utils.wrap(training_module, config.run, env)
     optimizer = torch.optim.AdamW(
         param_groups(module, config.optim.weight_decay), lr=config.optim.lr, betas=config.optim.betas,
@@ -294,10 +324,10 @@ def train(config: TrainConfig) -> TrainResult:
         # backward lets gradient checkpointing recompute routed blocks.
         with lion.route(batch.task_index):
             with autocast:
-                token_loss, dense_loss, attention_loss = module(batch)
+                token_loss, dense_loss, attention_loss, words_loss = module(batch)
             mask = batch.labels != -100
-            loss = (token_loss.sum() / mask.sum() + config.data.dense_supervision * dense_loss
-                    + config.data.attention_supervision * attention_loss)
+            loss = (answer_loss(token_loss, mask, config.optim.loss_average) + config.data.dense_supervision * dense_loss
+                    + config.data.attention_supervision * attention_loss + config.data.dense_words * words_loss)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
         grad_norm = dist_utils.clip_grad_norm(module, config.optim.grad_clip)
@@ -312,6 +342,7 @@ def train(config: TrainConfig) -> TrainResult:
             stats = _loss_stats(token_loss.detach(), mask, batch.task_index)
             stats["loss_dense"] = float(dense_loss.detach())
             stats["loss_attention"] = float(attention_loss.detach())
+            stats["loss_words"] = float(words_loss.detach())
             stats = dist_utils.mean_over_ranks(stats, env)
             loss_value = stats["loss"]
             window_s = time.time() - window_start
@@ -343,6 +374,26 @@ def train(config: TrainConfig) -> TrainResult:
                        seconds=time.time() - start_time, model=lion)
 
 
+def answer_loss(token_loss: torch.Tensor, mask: torch.Tensor, average: str) -> torch.Tensor:
+    """The batch's answer loss from [B, L] per-token losses and their mask (`optim.loss_average`)."""
+    if average == "question":
+        return (token_loss.sum(1) / mask.sum(1).clamp(min=1)).mean()
+    return token_loss.sum() / mask.sum()
+
+
+def patch_word_ids(tokenizers: LionTokenizers) -> list[torch.Tensor]:
+    """T5 ids of the category, colour and size words, in the order of the `object` patch labels
+    (value v names word v - 1)."""
+    ids = []
+    for words in (CATEGORIES, tuple(COLOURS), SIZES):
+        pieces = [tokenizers.t5(word, add_special_tokens=False)["input_ids"] for word in words]
+        split = [word for word, p in zip(words, pieces) if len(p) != 1]
+        if split:
+            raise ValueError(f"data.dense_words needs one T5 token per word; the tokenizer splits {split}")
+        ids.append(torch.tensor([p[0] for p in pieces]))
+    return ids
+
+
 def enable_gradient_checkpointing(lion: LionModel) -> None:
     """Recompute ViT, Q-Former and T5 layer activations in backward (transformers' layers)."""
     for name in ("vision_model", "qformer", "language_model"):
@@ -363,7 +414,7 @@ def _loss_stats(token_loss: torch.Tensor, mask: torch.Tensor, task_index: torch.
 class MetricLogger:
     """CSV + TensorBoard scalars on rank 0."""
 
-    FIELDS = ("step", "loss", "loss_region", "loss_image", "loss_dense", "loss_attention", "lr", "grad_norm",
+    FIELDS = ("step", "loss", "loss_region", "loss_image", "loss_dense", "loss_attention", "loss_words", "lr", "grad_norm",
               "samples_per_s", "elapsed_s")
 
     def __init__(self, out_dir: Path, enabled: bool, resume_step: int) -> None:
