@@ -68,9 +68,9 @@ def test_synthetic_camera_publishes_matching_rgb_depth_and_intrinsics(harness, s
 
 def test_ask_client_streams_and_prints_boxes(harness, capsys):
     harness.send_frame("camera")
-    code = ask_client.main(["where is the red cup?", "--node", "/lion_node", "--timeout", "20"])
-    out = capsys.readouterr().out
-    assert code == ask_client.EXIT_OK, out
+    code = ask_client.main(["where is the red cup?", "--node", "/lion_node", "--timeout", "30"])
+    out, err = capsys.readouterr()
+    assert code == ask_client.EXIT_OK, out + err
     assert "answer: the red cup" in out and "box 0: 'the red cup' score 0.90" in out
     assert "x1 160.0 y1 180.0 x2 320.0 y2 360.0 px" in out
 
