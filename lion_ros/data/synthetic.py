@@ -528,7 +528,10 @@ def render_scene(seed: int, config: Optional[SceneConfig] = None, split: str = "
     raise RuntimeError(f"could not lay out a scene for seed {seed}; the config is too crowded")
 
 
-# Per-patch object labels (0 = no object): category, colour, size, in these orders.
+# The "object" patch labels, one column each for category, colour and size: value v of column k
+# names OBJECT_LABEL_NAMES[k][v - 1], 0 means no object.
+OBJECT_LABEL_NAMES: tuple[tuple[str, ...], ...] = (CATEGORIES, tuple(COLOURS), SIZES)
+
 # Per-patch label groups for dense supervision: name -> number of classes of each label in the
 # group, class 0 meaning "no object under this patch". "object" names the object; "box" gives the
 # first two decimals of its normalized x1, y1, x2, y2 (the digits a box answer is written with);
@@ -537,7 +540,7 @@ def render_scene(seed: int, config: Optional[SceneConfig] = None, split: str = "
 # region answers, spatial questions and counting read.
 PATCH_COUNT_CAP = 8
 PATCH_TARGETS: dict[str, tuple[int, ...]] = {
-    "object": (len(CATEGORIES) + 1, len(COLOURS) + 1, len(SIZES) + 1),
+    "object": tuple(len(names) + 1 for names in OBJECT_LABEL_NAMES),
     "box": (11,) * 8,
     "depth": (PATCH_COUNT_CAP + 1,),
     "count": (PATCH_COUNT_CAP + 1,) * 2,
@@ -556,8 +559,8 @@ def _object_labels(scene: Scene, obj: SceneObject, targets: Sequence[str]) -> li
     labels: list[int] = []
     for target in targets:
         if target == "object":
-            labels += [CATEGORIES.index(obj.category) + 1, list(COLOURS).index(obj.colour) + 1,
-                       SIZES.index(obj.size) + 1]
+            labels += [names.index(value) + 1
+                       for names, value in zip(OBJECT_LABEL_NAMES, (obj.category, obj.colour, obj.size))]
         elif target == "box":
             for coordinate in scene.normalized_box(obj):
                 hundredths = min(int(coordinate * 100), 99)

@@ -26,7 +26,7 @@ from torch import nn
 from tqdm import tqdm
 
 from lion_ros.api import TaskKind
-from lion_ros.data.synthetic import CATEGORIES, COLOURS, SIZES, patch_label_classes
+from lion_ros.data.synthetic import OBJECT_LABEL_NAMES, patch_label_classes
 from lion_ros.model.lion import ImageFeatures, LionModel
 from lion_ros.preprocess import PreprocessConfig
 from lion_ros.tokenization import LionTokenizers
@@ -157,14 +157,15 @@ class TrainingModule(nn.Module):
         # A fixed scale (CLIP's 1/0.07 rounded): cosines alone give logits in [-1, 1], too flat to learn from.
         scale = 14.0
         tokens = F.normalize(tokens.float(), dim=-1)
-        embeddings = F.normalize(self.lion.language_model.shared.weight.float(), dim=-1)
+        shared = self.lion.language_model.shared.weight
         losses = []
         for column, ids in enumerate(self.patch_words):
             target = labels[..., column]
             on_object = target > 0
             if not on_object.any():
                 continue
-            logits = scale * tokens[on_object] @ embeddings[ids.to(tokens.device)].T
+            words = F.normalize(shared[ids.to(shared.device)].float(), dim=-1)  # [n, d_model]
+            logits = scale * tokens[on_object] @ words.T
             losses.append(F.cross_entropy(logits, target[on_object] - 1))
         return torch.stack(losses).mean() if losses else tokens.new_zeros(())
 
@@ -382,10 +383,10 @@ def answer_loss(token_loss: torch.Tensor, mask: torch.Tensor, average: str) -> t
 
 
 def patch_word_ids(tokenizers: LionTokenizers) -> list[torch.Tensor]:
-    """T5 ids of the category, colour and size words, in the order of the `object` patch labels
-    (value v names word v - 1)."""
+    """T5 ids of the words the `object` patch labels name (`OBJECT_LABEL_NAMES`), one tensor per
+    label column."""
     ids = []
-    for words in (CATEGORIES, tuple(COLOURS), SIZES):
+    for words in OBJECT_LABEL_NAMES:
         pieces = [tokenizers.t5(word, add_special_tokens=False)["input_ids"] for word in words]
         split = [word for word, p in zip(words, pieces) if len(p) != 1]
         if split:
