@@ -370,6 +370,10 @@ def train(config: TrainConfig) -> TrainResult:
             tokenizers.save(model_dir)
             config.save(model_dir / "train_config.yaml")
     dist_utils.barrier(env)
+    # Drop the DDP/FSDP wrapper first: it holds the process group, which would otherwise be
+    # destroyed only when this frame unwinds, after the peer may have exited (a rank then hung
+    # at exit in the 2-process gloo test). This way every rank destroys it inside teardown.
+    del module
     dist_utils.teardown(env)
     return TrainResult(step=step, final_loss=loss_value, model_dir=model_dir if env.is_main else None,
                        seconds=time.time() - start_time, model=lion)
