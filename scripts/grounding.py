@@ -8,6 +8,15 @@ cross-attention (mean over heads and queries) and for the first T5 encoder layer
 over the aggregator's patch tokens (renormalised over those tokens); uniform attention scores
 the fraction of patches the object covers, printed beside them.
 
+Reading: for the colour questions of the test scenes, how well the asked-about object's colour
+can be read (a linear probe fitted on `--scenes` train scenes' questions, scored on the test
+scenes') from the Q-Former's question-conditioned output (mean over its query tokens, after the
+projection: what T5 reads), and, for comparison, from the ViT and aggregator tokens averaged over
+the object's own patches (a perfect retrieval) or over the whole image (none). Beside it, how much
+the Q-Former output moves when "What colour is the <category>?" names another category of the
+same image, relative to asking it about another image: near 0 means the queries ignore which
+object is named.
+
 Probe (when DIR is a stage-0 checkpoint, `checkpoints/step-N`, trained with
 data.dense_supervision and its default `object` targets): accuracy of the dense-supervision probe on the ViT's object patches,
 per label (category, colour, size): how well the ViT itself sees what a question asks about.
@@ -62,6 +71,86 @@ def attention_on_evidence(lion: LionModel, tokenizers: LionTokenizers, scenes: S
             "uniform": float(np.mean(uniform))}
 
 
+def colour_questions(scenes: SyntheticDataset, index: int) -> list:
+    """The scene's distinct colour questions (one per wording), with evidence."""
+    out, seen = [], set()
+    for sample in scenes.scene_samples(index):
+        if sample.task_name == "attribute" and "col" in sample.question.lower() and sample.question not in seen:
+            seen.add(sample.question)
+            out.append(sample)
+    return out
+
+
+def qformer_output(lion: LionModel, tokenizers: LionTokenizers, image: ImageFeatures, questions: list[str]
+                   ) -> torch.Tensor:
+    """[questions, queries, d_model]: the Q-Former's projected query tokens for each question."""
+    q = tokenizers.qformer(questions, padding="longest", return_tensors="pt")
+    return lion.visual_prefix(image, q["input_ids"], q["attention_mask"])[:, : lion.config.qformer.num_query_tokens]
+
+
+def reading_features(lion: LionModel, tokenizers: LionTokenizers, scenes: SyntheticDataset
+                     ) -> tuple[dict[str, torch.Tensor], list[str], list[float], list[float]]:
+    """Per colour question: the pooled features `reading_report` probes, its answer, and the
+    Q-Former output distances between "What colour is the <category>?" for two categories of the
+    image, and for one of them between this image and the next scene's."""
+    grid = lion.config.vision.patch_grid
+    features: dict[str, list[torch.Tensor]] = {"qformer": [], "vit_object": [], "aggregator_object": [], "vit_image": []}
+    answers: list[str] = []
+    same_image, other_image = [], []
+    encoded = [encode_scene(lion, scenes.scene(i)) for i in range(scenes.num_scenes)]
+    for index, image in enumerate(encoded):
+        samples = colour_questions(scenes, index)
+        if not samples:
+            continue
+        queries = qformer_output(lion, tokenizers, image, [s.question for s in samples])
+        categories = sorted({o.category for o in scenes.scene(index).objects})
+        if len(categories) > 1:
+            named = [f"What colour is the {c}?" for c in categories[:2]]
+            here = qformer_output(lion, tokenizers, image, named)
+            there = qformer_output(lion, tokenizers, encoded[(index + 1) % len(encoded)], named[:1])
+            same_image.append(float((here[1] - here[0]).norm()))
+            other_image.append(float((there[0] - here[0]).norm()))
+        for row, sample in enumerate(samples):
+            mask = torch.from_numpy(patch_mask(sample.evidence, grid))
+            if not mask.any():  # an object too small to own a patch has nothing to average
+                continue
+            features["qformer"].append(queries[row].mean(0))
+            features["vit_object"].append(image.qformer_input[0, 1:][mask].mean(0))
+            features["aggregator_object"].append(image.aggregator_tokens[0, 1:][mask].mean(0))
+            features["vit_image"].append(image.qformer_input[0, 1:].mean(0))
+            answers.append(sample.answer)
+    return {k: torch.stack(v) for k, v in features.items()}, answers, same_image, other_image
+
+
+def linear_probe_accuracy(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor, test_y: torch.Tensor,
+                          classes: int) -> float:
+    """Test accuracy of a softmax regression on standardised features (fixed seed and schedule)."""
+    torch.manual_seed(0)
+    mean, std = train_x.mean(0), train_x.std(0) + 1e-6
+    train_x, test_x = (train_x - mean) / std, (test_x - mean) / std
+    probe = torch.nn.Linear(train_x.shape[1], classes)
+    optimizer = torch.optim.Adam(probe.parameters(), lr=1e-2, weight_decay=1e-3)
+    with torch.enable_grad():
+        for _ in range(500):
+            optimizer.zero_grad()
+            torch.nn.functional.cross_entropy(probe(train_x), train_y).backward()
+            optimizer.step()
+    return float((probe(test_x).argmax(1) == test_y).float().mean())
+
+
+def reading_report(lion: LionModel, tokenizers: LionTokenizers, train: SyntheticDataset, test: SyntheticDataset
+                   ) -> dict[str, float]:
+    train_x, train_answers, _, _ = reading_features(lion, tokenizers, train)
+    test_x, test_answers, same_image, other_image = reading_features(lion, tokenizers, test)
+    colours = sorted(set(train_answers) | set(test_answers))
+    train_y = torch.tensor([colours.index(a) for a in train_answers])
+    test_y = torch.tensor([colours.index(a) for a in test_answers])
+    report = {k: linear_probe_accuracy(train_x[k], train_y, test_x[k], test_y, len(colours)) for k in train_x}
+    report.update(questions=len(test_answers), majority=max(test_answers.count(c) for c in colours) / len(test_answers),
+                  referent_shift=float(np.mean(same_image) / np.mean(other_image)))
+    return report
+
+
 def probe_accuracy(lion: LionModel, checkpoint: Path, scenes: SyntheticDataset) -> dict[str, float]:
     state = torch.load(checkpoint / STATE_NAME, weights_only=True)
     if "probe" not in state:
@@ -86,7 +175,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", type=Path, required=True,
                         help="LION model directory, or a stage-0 checkpoint directory (adds the probe report)")
-    parser.add_argument("--scenes", type=int, default=30, help="synthetic test scenes")
+    parser.add_argument("--scenes", type=int, default=30,
+                        help="synthetic test scenes (the reading probe is fitted on 3x as many train scenes)")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -101,6 +191,12 @@ def main() -> None:
             probe = probe_accuracy(lion, args.model, scenes)
             print("ViT probe on {object_patches} object patches: category {category:.3f}, colour {colour:.3f}, "
                   "size {size:.3f}".format(**probe))
+        reading = reading_report(lion, tokenizers, SyntheticDataset("train", 3 * args.scenes), scenes)
+        print("reading the asked object's colour ({questions} test questions, majority {majority:.3f}): "
+              "Q-Former output {qformer:.3f}; ViT over the object {vit_object:.3f}, aggregator over the object "
+              "{aggregator_object:.3f}, ViT over the whole image {vit_image:.3f}".format(**reading))
+        print("Q-Former output shift when the question names another object of the image, relative to another "
+              "image: {referent_shift:.3f}".format(**reading))
 
 
 if __name__ == "__main__":
