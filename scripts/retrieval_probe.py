@@ -19,7 +19,7 @@ Variants isolate the steps of retrieval:
                      (not LION's Q-Former: a diagnostic only)
   --word-attention W adds W x -log of the share of the queries' first self-attention (mean over
                      heads and queries) that lands on the question's category / colour / size words:
-                     the same hop, taught within LION's Q-Former
+                     the same hop, taught within LION's Q-Former (lion-train's data.word_attention)
   --queries N        a fresh Q-Former with N query tokens (LION: 32); with --fresh-qformer or N,
                      the Q-Former starts from a fresh initialisation instead of DIR's
 
@@ -45,6 +45,7 @@ from lion_ros.model.lion import LionModel
 from lion_ros.preprocess import PreprocessConfig, preprocess_image
 from lion_ros.prompts import build_qformer_prompt
 from lion_ros.tokenization import LionTokenizers
+from lion_ros.train.trainer import QFormerWordAttention, label_word_ids
 
 ATTRIBUTES = TaskMix(caption=0, spatial=0, count=0, attribute=3, rec=0, reg=0, grounded_caption=0, find_all=0)
 ANSWERS = [name for names in OBJECT_LABEL_NAMES for name in names]
@@ -80,11 +81,8 @@ class Probe:
             param.requires_grad_(True)
         if args.prototype_words:
             self._prototype_words()
-        self.label_word_ids = torch.tensor(sorted(self._label_word_ids()))
         self.word_attention = args.word_attention
-        self._self_scores: list[torch.Tensor] = []
-        if args.word_attention > 0:
-            lion.qformer.encoder.layer[0].attention.register_forward_pre_hook(self._record_scores, with_kwargs=True)
+        self.recorder = QFormerWordAttention(lion, label_word_ids(self.tokenizers))
         width = lion.config.qformer.hidden_size * lion.config.qformer.num_query_tokens
         self.head = torch.nn.Linear(width, len(ANSWERS))
         self.optimizer = torch.optim.AdamW(trainable + list(self.head.parameters()), lr=args.lr, weight_decay=0.01)
@@ -100,37 +98,6 @@ class Probe:
     def _vit(self, rgbs: list[np.ndarray]) -> torch.Tensor:
         pixels = torch.from_numpy(np.stack([preprocess_image(rgb, self.preprocess) for rgb in rgbs]))
         return self.lion.encode_image(pixels).qformer_input
-
-    def _label_word_ids(self) -> set[int]:
-        """Q-Former ids of the label words (category names and plurals, colours, sizes) that are one token."""
-        ids = set()
-        for names in OBJECT_LABEL_NAMES:
-            for name in names:
-                for word in [name, PLURALS[name]] if name in PLURALS else [name]:
-                    pieces = self.tokenizers.qformer(word, add_special_tokens=False)["input_ids"]
-                    if len(pieces) == 1:
-                        ids.add(pieces[0])
-        return ids
-
-    def _record_scores(self, module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
-        """Pre-softmax scores of the first self-attention, recomputed from its own projections
-        (fused kernels do not return them)."""
-        attention = module.attention
-        hidden = args[0] if args else kwargs["hidden_states"]
-        heads, size = attention.num_attention_heads, attention.attention_head_size
-        q = attention.query(hidden).unflatten(-1, (heads, size)).transpose(1, 2)
-        k = attention.key(hidden).unflatten(-1, (heads, size)).transpose(1, 2)
-        self._self_scores.append((q @ k.transpose(-1, -2)).float() * attention.scaling)
-
-    def word_attention_loss(self, text: dict) -> torch.Tensor:
-        """-log of the queries' attention share on the label words, from the last recorded pass."""
-        scores = self._self_scores[-1]  # [B, heads, queries + T, queries + T]
-        queries = self.lion.config.qformer.num_query_tokens
-        mask = torch.cat([torch.ones(scores.shape[0], queries), text["attention_mask"].float()], 1)
-        probs = scores.masked_fill(mask[:, None, None, :] == 0, float("-inf")).softmax(-1)[:, :, :queries, queries:]
-        on_words = torch.isin(text["input_ids"], self.label_word_ids).float()
-        share = (probs * on_words[:, None, None, :]).sum(-1).mean((1, 2))
-        return -torch.log(share.clamp_min(1e-6)).mean()
 
     @torch.no_grad()
     def _prototype_words(self, num_scenes: int = 150) -> None:
@@ -154,12 +121,15 @@ class Probe:
                         embeddings[ids[0]] = features[chosen].mean(0) - mean
 
     def loss(self, groups: list[list[Sample]]) -> torch.Tensor:
-        self._self_scores.clear()
-        logits, text = self.logits(groups)
-        loss = F.cross_entropy(logits, self.targets(groups))
-        if self.word_attention > 0:
-            loss = loss + self.word_attention * self.word_attention_loss(text)
-        return loss
+        """The answer loss, plus lion-train's data.word_attention loss with --word-attention."""
+        if self.word_attention <= 0:
+            logits, _ = self.logits(groups)
+            return F.cross_entropy(logits, self.targets(groups))
+        with self.recorder:
+            logits, text = self.logits(groups)
+        rows = torch.arange(len(logits))
+        return (F.cross_entropy(logits, self.targets(groups))
+                + self.word_attention * self.recorder.word_loss([rows], text["input_ids"]))
 
     def logits(self, groups: list[list[Sample]]) -> tuple[torch.Tensor, dict]:
         """Answer logits of every question of `groups` (scenes' sample lists) and the Q-Former text batch."""

@@ -72,21 +72,3 @@ def test_retrieval_probe_reads_colour_once_retrieval_is_given() -> None:
     # Seeing only the asked object, the Q-Former reads its colour within 100 steps (0.96 on 60
     # test scenes); without the oracle it stays near the majority answer (MODEL_CARD.md).
     assert probe.accuracy(test)["colour"] > 0.75
-
-
-def test_word_attention_loss_is_low_when_queries_look_at_the_label_words() -> None:
-    probe_script = load_script("retrieval_probe")
-    args = argparse.Namespace(model=str(NANO), oracle=False, prototype_words=False, text_in_queries=False,
-                              word_attention=1.0, queries=0, fresh_qformer=False, lr=5e-4)
-    probe = probe_script.Probe(args)
-    text = probe.tokenizers.qformer(["what colour is the cup?"], return_tensors="pt")
-    queries = probe.lion.config.qformer.num_query_tokens
-    length = queries + text["input_ids"].shape[1]
-    on_words = torch.isin(text["input_ids"][0], probe.label_word_ids)
-    assert int(on_words.sum()) == 1  # "cup"; "colour" is not a label word
-    scores = torch.full((1, 1, length, length), -30.0)
-    scores[0, 0, :queries, queries:][:, on_words] = 30.0
-    probe._self_scores = [scores]
-    assert probe.word_attention_loss(text) < 1e-3
-    probe._self_scores = [-scores]
-    assert probe.word_attention_loss(text) > 5.0

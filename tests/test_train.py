@@ -452,6 +452,67 @@ def test_attention_supervision_reads_the_qformers_own_cross_attention(tokenizer_
     assert float(recorder.evidence_loss([rows], nothing)) == 0.0  # questions without evidence are skipped
 
 
+def test_word_attention_reads_the_qformers_own_self_attention(tokenizer_dir: Path, tmp_path: Path) -> None:
+    """data.word_attention: the recorded maps are the Q-Former's first self-attention (its eager
+    attentions, padding masked), and the loss is -log of the queries' mean share on the label words."""
+    from lion_ros.data.synthetic import OBJECT_LABEL_NAMES
+    from lion_ros.model.lion import ImageFeatures
+    from lion_ros.preprocess import PreprocessConfig
+    from lion_ros.train.data import STAGE_TASKS, Collator, SyntheticBatches
+    from lion_ros.train.stages import build_model
+    from lion_ros.train.trainer import QFormerWordAttention, label_word_ids
+
+    config = tiny_config(tokenizer_dir, tmp_path, stage="stage1", data={"word_attention": 1.0})
+    tokenizers = LionTokenizers.load(tokenizer_dir)
+    word_ids = label_word_ids(tokenizers)
+    names = {tokenizers.qformer(w, add_special_tokens=False)["input_ids"][0] for words in OBJECT_LABEL_NAMES for w in words}
+    assert len(names) == sum(map(len, OBJECT_LABEL_NAMES)) and names <= set(word_ids.tolist())
+    assert len(word_ids) <= len(names) + len(OBJECT_LABEL_NAMES[0])  # + whole plurals the vocabulary has
+    torch.manual_seed(0)
+    lion = build_model(config, tokenizers).eval()
+    collator = Collator(tokenizers, config.data, PreprocessConfig(image_size=lion.config.vision.image_size),
+                        qformer_max_tokens=lion.config.qformer.max_position_embeddings)
+    batch = SyntheticBatches(config.data, collator, STAGE_TASKS["stage1"], seed=0)[0]
+    assert batch.qformer_attention_mask.eq(0).any()  # padding must be masked like the model masks it
+    on_words = torch.isin(batch.qformer_input_ids, word_ids)
+    assert on_words.any(1).all()  # every synthetic question names an object or an attribute
+
+    features = lion.encode_image(batch.pixel_values)
+    recorder = QFormerWordAttention(lion, word_ids)
+    with torch.no_grad(), recorder:
+        lion.visual_prefix(ImageFeatures(features.qformer_input[batch.image_index], None),
+                           batch.qformer_input_ids, batch.qformer_attention_mask)
+    (recorded,) = recorder.maps
+    lion.qformer.config._attn_implementation = "eager"  # the reference path that returns probabilities
+    queries = lion.query_tokens.expand(batch.num_questions, -1, -1)
+    with torch.no_grad():
+        out = lion.qformer(
+            input_ids=batch.qformer_input_ids, query_embeds=queries,
+            encoder_hidden_states=features.qformer_input[batch.image_index],
+            attention_mask=torch.cat([torch.ones(queries.shape[:2], dtype=torch.long), batch.qformer_attention_mask], 1),
+            output_attentions=True,
+        )
+    torch.testing.assert_close(recorded, out.attentions[0].float(), atol=1e-6, rtol=1e-5)
+
+    n = lion.config.qformer.num_query_tokens
+    share = (recorded[:, :, :n, n:] * on_words[:, None, None, :]).sum(-1).mean((1, 2))
+    rows = torch.arange(batch.num_questions)
+    assert float(recorder.word_loss([rows], batch.qformer_input_ids)) == pytest.approx(
+        -float(share.log().mean()), rel=1e-5)
+    unnamed = torch.zeros_like(batch.qformer_input_ids)
+    assert float(recorder.word_loss([rows], unnamed)) == 0.0  # questions without label words are skipped
+
+
+def test_word_attention_draws_the_queries_to_the_named_words(tokenizer_dir: Path, tmp_path: Path) -> None:
+    train(tiny_config(tokenizer_dir, tmp_path, data={"word_attention": 1.0}, optim={"steps": 30}))
+    losses = list(logged_column(tmp_path, "loss_word_attention").values())
+    assert losses[0] > 0 and sum(losses[-5:]) / 5 < 0.5 * sum(losses[:5]) / 5
+    with pytest.raises(ValueError, match="stage2"):
+        tiny_config(tokenizer_dir, tmp_path, stage="stage2", data={"word_attention": 1.0})
+    with pytest.raises(ValueError, match="gradient_checkpointing"):
+        tiny_config(tokenizer_dir, tmp_path, data={"word_attention": 1.0}, model={"gradient_checkpointing": True})
+
+
 def test_attention_supervision_draws_attention_to_the_evidence(tokenizer_dir: Path, tmp_path: Path) -> None:
     train(tiny_config(tokenizer_dir, tmp_path, data={"attention_supervision": 1.0}, optim={"steps": 10}))
     with (tmp_path / "log.csv").open() as f:

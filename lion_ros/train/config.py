@@ -105,6 +105,13 @@ class DataSection:
     # where to look for a question. Measured on nano: the attention moves, the answers do not
     # (MODEL_CARD.md), so nano-stage0.yaml leaves it off.
     attention_supervision: float = 0.0
+    # Any stage that trains the Q-Former (stage0, stage1, stage3, mixed), synthetic scenes: weight
+    # of an auxiliary loss that draws the queries' first self-attention (over queries and question
+    # together) to the question's words that name objects (category, colour, size). Retrieval
+    # takes two hops, queries taking up those words and then matching them against the patches;
+    # on a frozen nano ViT the answer loss alone does not find the first (MODEL_CARD.md, "Where
+    # the answer is lost").
+    word_attention: float = 0.0
 
 
 @dataclass
@@ -182,9 +189,16 @@ class TrainConfig:
             patch_label_classes(self.data.dense_targets)  # raises on an unknown or empty list
         if self.data.dense_words > 0 and self.data.dense_targets[0] != "object":
             raise ValueError("data.dense_words reads the `object` labels: put object first in data.dense_targets")
-        if self.data.attention_supervision > 0 and self.model.gradient_checkpointing:
-            # The loss recomputes the attention map in a hook that is gone when backward recomputes.
-            raise ValueError("data.attention_supervision cannot be combined with model.gradient_checkpointing")
+        for name in ("attention_supervision", "word_attention"):
+            if getattr(self.data, name) > 0 and self.model.gradient_checkpointing:
+                # The loss recomputes the attention map in a hook that is gone when backward recomputes.
+                raise ValueError(f"data.{name} cannot be combined with model.gradient_checkpointing")
+        if self.data.word_attention > 0:
+            if self.stage == "stage2":
+                raise ValueError("data.word_attention trains the Q-Former, which stage2 does not build")
+            if self.data.files:
+                raise ValueError("data.word_attention draws the queries to the words that name synthetic objects; "
+                                 "remove it or data.files")
         if self.data.dense_supervision > 0 and self.run.distributed == "fsdp":
             raise ValueError("data.dense_supervision is not supported with FSDP (its probe is not sharded)")
         if self.data.dense_words > 0 and self.run.distributed == "fsdp":

@@ -26,7 +26,7 @@ from torch import nn
 from tqdm import tqdm
 
 from lion_ros.api import TaskKind
-from lion_ros.data.synthetic import OBJECT_LABEL_NAMES, patch_label_classes
+from lion_ros.data.synthetic import OBJECT_LABEL_NAMES, PLURALS, patch_label_classes
 from lion_ros.model.lion import ImageFeatures, LionModel
 from lion_ros.preprocess import PreprocessConfig
 from lion_ros.tokenization import LionTokenizers
@@ -40,30 +40,30 @@ from .tokenizers import prepare_tokenizers
 log = logging.getLogger(__name__)
 
 CHECKPOINTS_DIR = "checkpoints"
+# data.* weight of each auxiliary loss -> its log.csv / TensorBoard name.
+AUXILIARY_LOSSES = {"dense_supervision": "loss_dense", "attention_supervision": "loss_attention",
+                    "dense_words": "loss_words", "word_attention": "loss_word_attention"}
 FINAL_DIR = "model"
 STATE_NAME = "trainer_state.pt"
 
 
-class QFormerCrossAttention:
-    """While active, records the attention probabilities of the Q-Former's last cross-attention
-    layer (its 32 queries over the ViT tokens) and turns them into the attention-supervision loss.
+class QFormerAttentionMaps:
+    """While active, records the attention probabilities of one Q-Former attention module, for an
+    auxiliary loss on where it looks.
 
-    A forward pre-hook recomputes the probabilities from the layer's own query and key projections
-    (differentiably) because fused attention kernels do not return them; the layer's output is
-    untouched. Training only: the hook is removed on exit.
+    A forward pre-hook recomputes the probabilities from the module's own query and key
+    projections and its mask (differentiably) because fused attention kernels do not return them;
+    the module's output is untouched. Training only: the hook is removed on exit.
     """
 
-    def __init__(self, lion: LionModel) -> None:
-        if not lion.config.uses_qformer:
-            raise ValueError("attention supervision needs the Q-Former (visual_input all/qformer)")
-        layers = [layer for layer in lion.qformer.encoder.layer if layer.has_cross_attention]
-        self.layer = layers[-1].crossattention
+    def __init__(self, module: nn.Module) -> None:
+        self.module = module
         self.maps: list[torch.Tensor] = []
         self._handle = None
 
-    def __enter__(self) -> "QFormerCrossAttention":
+    def __enter__(self) -> "QFormerAttentionMaps":
         self.maps.clear()
-        self._handle = self.layer.register_forward_pre_hook(self._record, with_kwargs=True)
+        self._handle = self.module.register_forward_pre_hook(self._record, with_kwargs=True)
         return self
 
     def __exit__(self, *exc) -> None:
@@ -71,12 +71,28 @@ class QFormerCrossAttention:
 
     def _record(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
         attention = module.attention
-        queries = args[0] if args else kwargs["hidden_states"]
-        keys = kwargs["encoder_hidden_states"]
+        hidden = args[0] if args else kwargs["hidden_states"]
+        cross = kwargs.get("encoder_hidden_states") is not None
+        keys = kwargs["encoder_hidden_states"] if cross else hidden
+        mask = kwargs.get("encoder_attention_mask" if cross else "attention_mask")
         heads, size = attention.num_attention_heads, attention.attention_head_size
-        q = attention.query(queries).unflatten(-1, (heads, size)).transpose(1, 2)  # [B, H, 32, d]
-        k = attention.key(keys).unflatten(-1, (heads, size)).transpose(1, 2)  # [B, H, N, d]
-        self.maps.append(torch.softmax((q @ k.transpose(-1, -2)).float() * attention.scaling, dim=-1))
+        q = attention.query(hidden).unflatten(-1, (heads, size)).transpose(1, 2)  # [B, H, Lq, d]
+        k = attention.key(keys).unflatten(-1, (heads, size)).transpose(1, 2)  # [B, H, Lk, d]
+        scores = (q @ k.transpose(-1, -2)).float() * attention.scaling
+        if mask is not None:  # boolean "may attend" or additive, broadcastable to the scores
+            scores = scores.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else scores + mask.float()
+        self.maps.append(torch.softmax(scores, dim=-1))
+
+
+class QFormerCrossAttention(QFormerAttentionMaps):
+    """The maps of the Q-Former's last cross-attention layer (its queries over the ViT tokens) and
+    the attention-supervision loss on them."""
+
+    def __init__(self, lion: LionModel) -> None:
+        if not lion.config.uses_qformer:
+            raise ValueError("attention supervision needs the Q-Former (visual_input all/qformer)")
+        layers = [layer for layer in lion.qformer.encoder.layer if layer.has_cross_attention]
+        super().__init__(layers[-1].crossattention)
 
     def evidence_loss(self, groups: list[torch.Tensor], evidence_mask: torch.Tensor) -> torch.Tensor:
         """-log of the mean attention mass (over heads and queries) on each question's evidence
@@ -94,6 +110,35 @@ class QFormerCrossAttention:
         return per_question.mean() if len(per_question) else evidence_mask.new_zeros((), dtype=torch.float32)
 
 
+class QFormerWordAttention(QFormerAttentionMaps):
+    """The maps of the Q-Former's first self-attention (queries and question text together) and
+    the word-attention loss: the queries must first take up the words that name an object before
+    the cross-attention can look for it (MODEL_CARD.md, "Where the answer is lost")."""
+
+    def __init__(self, lion: LionModel, word_ids: torch.Tensor) -> None:
+        if not lion.config.uses_qformer:
+            raise ValueError("data.word_attention needs the Q-Former (visual_input all/qformer)")
+        super().__init__(lion.qformer.encoder.layer[0].attention)
+        self.num_queries = lion.config.qformer.num_query_tokens
+        self.word_ids = word_ids
+
+    def word_loss(self, groups: list[torch.Tensor], qformer_input_ids: torch.Tensor) -> torch.Tensor:
+        """-log of the share of the queries' attention (mean over heads and queries) on the
+        question's label words, averaged over the questions that have any; groups as in
+        `QFormerCrossAttention.evidence_loss`, qformer_input_ids [B, Q] the batch's Q-Former text."""
+        if len(self.maps) != len(groups):
+            raise RuntimeError(f"recorded {len(self.maps)} Q-Former passes for {len(groups)} question groups")
+        losses = []
+        for rows, probs in zip(groups, self.maps):
+            text = qformer_input_ids[rows, : probs.shape[-1] - self.num_queries]
+            on_words = torch.isin(text, self.word_ids.to(text.device)).to(probs.dtype)  # [b, T]
+            share = (probs[:, :, : self.num_queries, self.num_queries :] * on_words[:, None, None, :]).sum(-1)
+            has_words = on_words.sum(-1) > 0
+            losses.append(-torch.log(share.mean((1, 2))[has_words].clamp_min(1e-6)))
+        per_question = torch.cat(losses)
+        return per_question.mean() if len(per_question) else qformer_input_ids.new_zeros((), dtype=torch.float32)
+
+
 class TrainingModule(nn.Module):
     """Per-token losses for a `TrainBatch`; the module DDP/FSDP wrap.
 
@@ -105,11 +150,14 @@ class TrainingModule(nn.Module):
     """
 
     def __init__(self, lion: LionModel, length_groups: int = 1, dense_classes: tuple[int, ...] = (),
-                 attention_supervision: bool = False, patch_words: Optional[list[torch.Tensor]] = None) -> None:
+                 attention_supervision: bool = False, patch_words: Optional[list[torch.Tensor]] = None,
+                 label_word_ids: Optional[torch.Tensor] = None) -> None:
+        """label_word_ids: the Q-Former ids of the words that name objects, for data.word_attention."""
         super().__init__()
         self.lion = lion
         self.length_groups = length_groups
         self.cross_attention = QFormerCrossAttention(lion) if attention_supervision else None
+        self.word_attention = QFormerWordAttention(lion, label_word_ids) if label_word_ids is not None else None
         # A linear probe from the ViT's output tokens to per-patch labels (`dense_classes` classes
         # per label, see data.synthetic.patch_labels); training only.
         self.dense_classes = dense_classes
@@ -118,13 +166,16 @@ class TrainingModule(nn.Module):
         # columns (`patch_word_ids`).
         self.patch_words = patch_words
 
-    def forward(self, batch: TrainBatch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """([B, L] per-token answer losses, the mean dense-supervision loss or 0, the mean
-        attention-supervision loss or 0, the mean dense-words loss or 0)."""
+    def forward(self, batch: TrainBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """([B, L] per-token answer losses, the mean of each auxiliary loss by its data.* weight's
+        name (`AUXILIARY_LOSSES`), 0 where it is off)."""
         features = self.lion.encode_image(batch.pixel_values)
         token_loss = batch.labels.new_zeros(batch.labels.shape, dtype=torch.float32)
         groups = self._groups(batch.labels)
-        with self.cross_attention or contextlib.nullcontext():
+        with contextlib.ExitStack() as recording:
+            for recorder in (self.cross_attention, self.word_attention):
+                if recorder is not None:
+                    recording.enter_context(recorder)
             for rows in groups:
                 group_loss = self._question_loss(batch, rows, features)  # [rows, the group's longest answer]
                 token_loss[rows, : group_loss.shape[1]] = group_loss
@@ -133,6 +184,9 @@ class TrainingModule(nn.Module):
             if batch.evidence_mask is None:
                 raise ValueError("attention supervision needs the batch's evidence masks")
             attention_loss = self.cross_attention.evidence_loss(groups, batch.evidence_mask)
+        word_attention_loss = token_loss.new_zeros(())
+        if self.word_attention is not None:
+            word_attention_loss = self.word_attention.word_loss(groups, batch.qformer_input_ids)
         dense_loss = token_loss.new_zeros(())
         if self.probe is not None:
             if batch.patch_labels is None or features.qformer_input is None:
@@ -143,7 +197,8 @@ class TrainingModule(nn.Module):
             if batch.patch_labels is None or features.aggregator_tokens is None:
                 raise ValueError("data.dense_words needs patch labels and the aggregator's tokens (visual_input all)")
             words_loss = self._words_loss(features.aggregator_tokens[:, 1:], batch.patch_labels)  # drop CLS
-        return token_loss, dense_loss, attention_loss, words_loss
+        return token_loss, {"dense_supervision": dense_loss, "attention_supervision": attention_loss,
+                            "dense_words": words_loss, "word_attention": word_attention_loss}
 
     def _dense_loss(self, patches: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Mean over the labels of the per-patch cross-entropy; patches [I, P, D], labels [I, P, K]."""
@@ -278,6 +333,7 @@ def train(config: TrainConfig) -> TrainResult:
         patch_label_classes(dense_targets) if config.data.dense_supervision > 0 else (),
         config.data.attention_supervision > 0,
         patch_word_ids(tokenizers) if config.data.dense_words > 0 else None,
+        label_word_ids(tokenizers) if config.data.word_attention > 0 else None,
     )
     module = dist_utils.wrap(training_module, config.run, env)
     optimizer = torch.optim.AdamW(
@@ -325,10 +381,11 @@ def train(config: TrainConfig) -> TrainResult:
         # backward lets gradient checkpointing recompute routed blocks.
         with lion.route(batch.task_index):
             with autocast:
-                token_loss, dense_loss, attention_loss, words_loss = module(batch)
+                token_loss, auxiliary = module(batch)
             mask = batch.labels != -100
-            loss = (answer_loss(token_loss, mask, config.optim.loss_average) + config.data.dense_supervision * dense_loss
-                    + config.data.attention_supervision * attention_loss + config.data.dense_words * words_loss)
+            loss = answer_loss(token_loss, mask, config.optim.loss_average)
+            for name, value in auxiliary.items():
+                loss = loss + getattr(config.data, name) * value
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
         grad_norm = dist_utils.clip_grad_norm(module, config.optim.grad_clip)
@@ -341,9 +398,7 @@ def train(config: TrainConfig) -> TrainResult:
 
         if step % config.run.log_every == 0 or step == config.optim.steps:
             stats = _loss_stats(token_loss.detach(), mask, batch.task_index)
-            stats["loss_dense"] = float(dense_loss.detach())
-            stats["loss_attention"] = float(attention_loss.detach())
-            stats["loss_words"] = float(words_loss.detach())
+            stats.update({AUXILIARY_LOSSES[name]: float(value.detach()) for name, value in auxiliary.items()})
             stats = dist_utils.mean_over_ranks(stats, env)
             loss_value = stats["loss"]
             window_s = time.time() - window_start
@@ -399,6 +454,19 @@ def patch_word_ids(tokenizers: LionTokenizers) -> list[torch.Tensor]:
     return ids
 
 
+def label_word_ids(tokenizers: LionTokenizers) -> torch.Tensor:
+    """Q-Former ids of the words that name a synthetic object (`OBJECT_LABEL_NAMES`: category,
+    colour, size), for data.word_attention, plus the first piece of each category's plural (the
+    whole plural when the vocabulary has it, else its stem, which is the category word)."""
+    names = [word for words in OBJECT_LABEL_NAMES for word in words]
+    pieces = {word: tokenizers.qformer(word, add_special_tokens=False)["input_ids"] for word in names}
+    split = [word for word, ids in pieces.items() if len(ids) != 1]
+    if split:
+        raise ValueError(f"data.word_attention needs one Q-Former token per label word; the tokenizer splits {split}")
+    plurals = [tokenizers.qformer(PLURALS[c], add_special_tokens=False)["input_ids"][0] for c in OBJECT_LABEL_NAMES[0]]
+    return torch.tensor(sorted({ids[0] for ids in pieces.values()} | set(plurals)))
+
+
 def enable_gradient_checkpointing(lion: LionModel) -> None:
     """Recompute ViT, Q-Former and T5 layer activations in backward (transformers' layers)."""
     for name in ("vision_model", "qformer", "language_model"):
@@ -420,7 +488,7 @@ class MetricLogger:
     """CSV + TensorBoard scalars on rank 0."""
 
     FIELDS = ("step", "loss", "loss_region", "loss_image", "loss_dense", "loss_attention", "loss_words", "lr", "grad_norm",
-              "samples_per_s", "elapsed_s")
+              "samples_per_s", "elapsed_s", "loss_word_attention")
 
     def __init__(self, out_dir: Path, enabled: bool, resume_step: int) -> None:
         self.enabled = enabled
