@@ -407,10 +407,31 @@ def test_scratch_vit_starts_with_a_readable_2d_position_table(tokenizer_dir: Pat
     assert torch.allclose(again.vision_model.embeddings.position_embedding.detach()[0], 2 * table)
 
 
+def recorded_and_eager_attention(lion: LionModel, batch, recorder) -> tuple[torch.Tensor, object]:
+    """The map `recorder` records over one Q-Former pass of `batch`, and the Q-Former's own
+    outputs of that pass on its eager attention, the reference path that returns probabilities."""
+    from lion_ros.model.lion import ImageFeatures
+
+    features = lion.encode_image(batch.pixel_values)
+    image_embeds = features.qformer_input[batch.image_index]
+    aggregator = None if features.aggregator_tokens is None else features.aggregator_tokens[batch.image_index]
+    with torch.no_grad(), recorder:
+        lion.visual_prefix(ImageFeatures(image_embeds, aggregator), batch.qformer_input_ids, batch.qformer_attention_mask)
+    (recorded,) = recorder.maps
+    lion.qformer.config._attn_implementation = "eager"
+    queries = lion.query_tokens.expand(batch.num_questions, -1, -1)
+    with torch.no_grad():
+        out = lion.qformer(
+            input_ids=batch.qformer_input_ids, query_embeds=queries, encoder_hidden_states=image_embeds,
+            attention_mask=torch.cat([torch.ones(queries.shape[:2], dtype=torch.long), batch.qformer_attention_mask], 1),
+            output_attentions=True,
+        )
+    return recorded, out
+
+
 def test_attention_supervision_reads_the_qformers_own_cross_attention(tokenizer_dir: Path, tmp_path: Path) -> None:
     """The probabilities the hook recomputes are the ones the Q-Former attends with (its eager
     attention's cross_attentions), and the loss is -log of their mean mass on the evidence."""
-    from lion_ros.model.lion import ImageFeatures
     from lion_ros.preprocess import PreprocessConfig
     from lion_ros.train.data import STAGE_TASKS, Collator, SyntheticBatches
     from lion_ros.train.stages import build_model
@@ -426,21 +447,8 @@ def test_attention_supervision_reads_the_qformers_own_cross_attention(tokenizer_
     batch = SyntheticBatches(config.data, collator, STAGE_TASKS["stage0"], seed=0)[0]
     assert batch.evidence_mask.shape == (batch.num_questions, grid * grid) and batch.evidence_mask.any()
 
-    features = lion.encode_image(batch.pixel_values)
-    image_embeds = features.qformer_input[batch.image_index]
     recorder = QFormerCrossAttention(lion)
-    with torch.no_grad(), recorder:
-        lion.visual_prefix(ImageFeatures(image_embeds, features.aggregator_tokens[batch.image_index]),
-                           batch.qformer_input_ids, batch.qformer_attention_mask)
-    (recorded,) = recorder.maps
-    lion.qformer.config._attn_implementation = "eager"  # the reference path that returns probabilities
-    queries = lion.query_tokens.expand(batch.num_questions, -1, -1)
-    with torch.no_grad():
-        out = lion.qformer(
-            input_ids=batch.qformer_input_ids, query_embeds=queries, encoder_hidden_states=image_embeds,
-            attention_mask=torch.cat([torch.ones(queries.shape[:2], dtype=torch.long), batch.qformer_attention_mask], 1),
-            output_attentions=True,
-        )
+    recorded, out = recorded_and_eager_attention(lion, batch, recorder)
     expected = [a for a in out.cross_attentions if a is not None][-1]
     torch.testing.assert_close(recorded, expected.float(), atol=1e-6, rtol=1e-5)
 
@@ -456,7 +464,6 @@ def test_word_attention_reads_the_qformers_own_self_attention(tokenizer_dir: Pat
     """data.word_attention: the recorded maps are the Q-Former's first self-attention (its eager
     attentions, padding masked), and the loss is -log of the queries' mean share on the label words."""
     from lion_ros.data.synthetic import OBJECT_LABEL_NAMES
-    from lion_ros.model.lion import ImageFeatures
     from lion_ros.preprocess import PreprocessConfig
     from lion_ros.train.data import STAGE_TASKS, Collator, SyntheticBatches
     from lion_ros.train.stages import build_model
@@ -477,21 +484,8 @@ def test_word_attention_reads_the_qformers_own_self_attention(tokenizer_dir: Pat
     on_words = torch.isin(batch.qformer_input_ids, word_ids)
     assert on_words.any(1).all()  # every synthetic question names an object or an attribute
 
-    features = lion.encode_image(batch.pixel_values)
     recorder = QFormerWordAttention(lion, word_ids)
-    with torch.no_grad(), recorder:
-        lion.visual_prefix(ImageFeatures(features.qformer_input[batch.image_index], None),
-                           batch.qformer_input_ids, batch.qformer_attention_mask)
-    (recorded,) = recorder.maps
-    lion.qformer.config._attn_implementation = "eager"  # the reference path that returns probabilities
-    queries = lion.query_tokens.expand(batch.num_questions, -1, -1)
-    with torch.no_grad():
-        out = lion.qformer(
-            input_ids=batch.qformer_input_ids, query_embeds=queries,
-            encoder_hidden_states=features.qformer_input[batch.image_index],
-            attention_mask=torch.cat([torch.ones(queries.shape[:2], dtype=torch.long), batch.qformer_attention_mask], 1),
-            output_attentions=True,
-        )
+    recorded, out = recorded_and_eager_attention(lion, batch, recorder)
     torch.testing.assert_close(recorded, out.attentions[0].float(), atol=1e-6, rtol=1e-5)
 
     n = lion.config.qformer.num_query_tokens
