@@ -6,11 +6,11 @@ Attention: for the attribute questions of `--scenes` test scenes, the share of a
 lands on the patches of the asked-about object (`Sample.evidence`), for the Q-Former's last
 cross-attention (mean over heads and queries) and for the first T5 encoder layer's text tokens
 over the aggregator's patch tokens (renormalised over those tokens); uniform attention scores
-the fraction of patches the object covers, printed beside them.
+the fraction of patches the object covers, printed beside them (models with both branches).
 
 Reading: for the colour questions of the test scenes, how well the asked-about object's colour
-can be read (a linear probe fitted on `--scenes` train scenes' questions, scored on the test
-scenes') from the Q-Former's question-conditioned output (mean over its query tokens, after the
+can be read (a linear probe fitted on the questions of 3 x `--scenes` train scenes, scored on the
+test scenes') from the Q-Former's question-conditioned output (mean over its query tokens, after the
 projection: what T5 reads), and, for comparison, from the ViT and aggregator tokens averaged over
 the object's own patches (a perfect retrieval) or over the whole image (none). Beside it, how much
 the Q-Former output moves when "What colour is the <category>?" names another category of the
@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import torch
@@ -94,7 +95,9 @@ def reading_features(lion: LionModel, tokenizers: LionTokenizers, scenes: Synthe
     Q-Former output distances between "What colour is the <category>?" for two categories of the
     image, and for one of them between this image and the next scene's."""
     grid = lion.config.vision.patch_grid
-    features: dict[str, list[torch.Tensor]] = {"qformer": [], "vit_object": [], "aggregator_object": [], "vit_image": []}
+    features: dict[str, list[torch.Tensor]] = {"qformer": [], "vit_object": [], "vit_image": []}
+    if lion.config.uses_aggregator:
+        features["aggregator_object"] = []
     answers: list[str] = []
     same_image, other_image = [], []
     encoded = [encode_scene(lion, scenes.scene(i)) for i in range(scenes.num_scenes)]
@@ -116,7 +119,8 @@ def reading_features(lion: LionModel, tokenizers: LionTokenizers, scenes: Synthe
                 continue
             features["qformer"].append(queries[row].mean(0))
             features["vit_object"].append(image.qformer_input[0, 1:][mask].mean(0))
-            features["aggregator_object"].append(image.aggregator_tokens[0, 1:][mask].mean(0))
+            if image.aggregator_tokens is not None:
+                features["aggregator_object"].append(image.aggregator_tokens[0, 1:][mask].mean(0))
             features["vit_image"].append(image.qformer_input[0, 1:].mean(0))
             answers.append(sample.answer)
     return {k: torch.stack(v) for k, v in features.items()}, answers, same_image, other_image
@@ -151,10 +155,11 @@ def reading_report(lion: LionModel, tokenizers: LionTokenizers, train: Synthetic
     return report
 
 
-def probe_accuracy(lion: LionModel, checkpoint: Path, scenes: SyntheticDataset) -> dict[str, float]:
+def probe_accuracy(lion: LionModel, checkpoint: Path, scenes: SyntheticDataset) -> Optional[dict[str, float]]:
+    """None when the checkpoint was trained without data.dense_supervision (no probe to read)."""
     state = torch.load(checkpoint / STATE_NAME, weights_only=True)
     if "probe" not in state:
-        raise SystemExit(f"{checkpoint} was trained without data.dense_supervision: no probe to read")
+        return None
     classes = patch_label_classes(["object"])
     probe = torch.nn.Linear(lion.config.vision.hidden_size, sum(classes))
     probe.load_state_dict(state["probe"])  # raises when the checkpoint used other dense_targets
@@ -184,17 +189,20 @@ def main() -> None:
     tokenizers = LionTokenizers.load(args.model)
     scenes = SyntheticDataset("test", args.scenes)
     with torch.no_grad():
-        attention = attention_on_evidence(lion, tokenizers, scenes)
-        print("attention on the asked-about object ({questions} attribute questions): Q-Former {qformer:.3f}, "
-              "T5 layer 0 {t5_layer0:.3f}, uniform {uniform:.3f}".format(**attention))
+        if lion.config.uses_aggregator:
+            attention = attention_on_evidence(lion, tokenizers, scenes)
+            print("attention on the asked-about object ({questions} attribute questions): Q-Former {qformer:.3f}, "
+                  "T5 layer 0 {t5_layer0:.3f}, uniform {uniform:.3f}".format(**attention))
         if (args.model / STATE_NAME).exists():
             probe = probe_accuracy(lion, args.model, scenes)
-            print("ViT probe on {object_patches} object patches: category {category:.3f}, colour {colour:.3f}, "
-                  "size {size:.3f}".format(**probe))
+            if probe is not None:
+                print("ViT probe on {object_patches} object patches: category {category:.3f}, colour {colour:.3f}, "
+                      "size {size:.3f}".format(**probe))
         reading = reading_report(lion, tokenizers, SyntheticDataset("train", 3 * args.scenes), scenes)
-        print("reading the asked object's colour ({questions} test questions, majority {majority:.3f}): "
-              "Q-Former output {qformer:.3f}; ViT over the object {vit_object:.3f}, aggregator over the object "
-              "{aggregator_object:.3f}, ViT over the whole image {vit_image:.3f}".format(**reading))
+        aggregator = (", aggregator over the object {aggregator_object:.3f}" if "aggregator_object" in reading else "")
+        print(("reading the asked object's colour ({questions} test questions, majority {majority:.3f}): "
+               "Q-Former output {qformer:.3f}; ViT over the object {vit_object:.3f}" + aggregator +
+               ", ViT over the whole image {vit_image:.3f}").format(**reading))
         print("Q-Former output shift when the question names another object of the image, relative to another "
               "image: {referent_shift:.3f}".format(**reading))
 
