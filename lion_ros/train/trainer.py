@@ -40,11 +40,11 @@ from .tokenizers import prepare_tokenizers
 log = logging.getLogger(__name__)
 
 CHECKPOINTS_DIR = "checkpoints"
+FINAL_DIR = "model"
+STATE_NAME = "trainer_state.pt"
 # data.* weight of each auxiliary loss -> its log.csv / TensorBoard name.
 AUXILIARY_LOSSES = {"dense_supervision": "loss_dense", "attention_supervision": "loss_attention",
                     "dense_words": "loss_words", "word_attention": "loss_word_attention"}
-FINAL_DIR = "model"
-STATE_NAME = "trainer_state.pt"
 
 
 class QFormerAttentionMaps:
