@@ -30,7 +30,9 @@ from typing import Optional
 import numpy as np
 import torch
 
-from lion_ros.data.synthetic import Scene, SyntheticDataset, patch_label_classes, patch_labels, patch_mask
+from lion_ros.data.synthetic import (
+    OBJECT_LABEL_KINDS, Scene, SyntheticDataset, label_kind, patch_label_classes, patch_labels, patch_mask,
+)
 from lion_ros.model.lion import ImageFeatures, LionModel
 from lion_ros.preprocess import PreprocessConfig, preprocess_image
 from lion_ros.tokenization import LionTokenizers
@@ -76,7 +78,7 @@ def colour_questions(scenes: SyntheticDataset, index: int) -> list:
     """The scene's distinct colour questions (one per wording), with evidence."""
     out, seen = [], set()
     for sample in scenes.scene_samples(index):
-        if sample.task_name == "attribute" and "col" in sample.question.lower() and sample.question not in seen:
+        if sample.task_name == "attribute" and label_kind(sample.answer) == "colour" and sample.question not in seen:
             seen.add(sample.question)
             out.append(sample)
     return out
@@ -173,7 +175,7 @@ def probe_accuracy(lion: LionModel, checkpoint: Path, scenes: SyntheticDataset) 
         for k, kind in enumerate(logits):
             correct[k] += int((kind.argmax(-1)[on_object] == labels[on_object, k]).sum())
         total += int(on_object.sum())
-    return {"object_patches": total, **{name: correct[k] / total for k, name in enumerate(("category", "colour", "size"))}}
+    return {"object_patches": total, **{name: correct[k] / total for k, name in enumerate(OBJECT_LABEL_KINDS)}}
 
 
 def main() -> None:

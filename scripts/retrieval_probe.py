@@ -39,7 +39,7 @@ import torch.nn.functional as F
 
 from lion_ros.data.sample import Sample
 from lion_ros.data.synthetic import (
-    OBJECT_LABEL_NAMES, PLURALS, SyntheticConfig, SyntheticDataset, TaskMix, patch_labels, patch_mask,
+    OBJECT_LABEL_NAMES, PLURALS, SyntheticConfig, SyntheticDataset, TaskMix, label_kind, patch_labels, patch_mask,
 )
 from lion_ros.model.lion import LionModel
 from lion_ros.preprocess import PreprocessConfig, preprocess_image
@@ -49,13 +49,6 @@ from lion_ros.train.trainer import QFormerWordAttention, label_word_ids
 
 ATTRIBUTES = TaskMix(caption=0, spatial=0, count=0, attribute=3, rec=0, reg=0, grounded_caption=0, find_all=0)
 ANSWERS = [name for names in OBJECT_LABEL_NAMES for name in names]
-
-
-def attribute_kind(sample: Sample) -> str:
-    question = sample.question.lower()
-    if "colo" in question:
-        return "colour"
-    return "size" if "size" in question or "small or large" in question else "category"
 
 
 class Probe:
@@ -164,8 +157,8 @@ class Probe:
             groups = test[start : start + 10]
             hits = (self.logits(groups)[0].argmax(1) == self.targets(groups)).tolist()
             for sample, hit in zip((s for group in groups for s in group), hits):
-                correct[attribute_kind(sample)] += hit
-                total[attribute_kind(sample)] += 1
+                correct[label_kind(sample.answer)] += hit
+                total[label_kind(sample.answer)] += 1
         return {kind: round(correct[kind] / total[kind], 3) for kind in sorted(total)}
 
 

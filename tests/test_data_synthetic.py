@@ -18,6 +18,7 @@ from lion_ros.data.synthetic import (
     SyntheticDataset,
     TaskMix,
     generate_samples,
+    label_kind,
     render_scene,
     scene_seed,
     spatial_relation,
@@ -355,6 +356,23 @@ def test_evidence_boxes_are_the_objects_each_answer_is_about():
                 assert s.evidence == [r.box for r in s.regions]
             checked[s.task_name] = checked.get(s.task_name, 0) + 1
     assert set(checked) == {"caption", "grounded_caption", "yesno", "count", "attribute", "rec", "reg", "find_all"}
+
+
+def test_label_kind_names_what_an_attribute_question_asks():
+    """The answer of an attribute question says what it asked about, matching its wording."""
+    kinds = set()
+    for seed in range(20):
+        for sample in generate_samples(render_scene(scene_seed("train", seed))):
+            if sample.task_name != "attribute":
+                continue
+            kind = label_kind(sample.answer)
+            question = sample.question.lower()
+            wording = "colour" if "colo" in question else "size" if "size" in question or "small or large" in question \
+                else "category"
+            assert kind == wording, (sample.question, sample.answer)
+            kinds.add(kind)
+    assert kinds == {"category", "colour", "size"}
+    assert label_kind("no") is None and label_kind("3") is None
 
 
 def test_patch_mask_marks_the_patches_whose_centre_is_in_a_box():

@@ -531,6 +531,16 @@ def render_scene(seed: int, config: Optional[SceneConfig] = None, split: str = "
 # The "object" patch labels, one column each for category, colour and size: value v of column k
 # names OBJECT_LABEL_NAMES[k][v - 1], 0 means no object.
 OBJECT_LABEL_NAMES: tuple[tuple[str, ...], ...] = (CATEGORIES, tuple(COLOURS), SIZES)
+OBJECT_LABEL_KINDS: tuple[str, ...] = ("category", "colour", "size")  # what each column names
+
+
+def label_kind(word: str) -> Optional[str]:
+    """Which OBJECT_LABEL_KINDS `word` names ("cup" -> category), or None; an attribute
+    question's answer says exactly what it asked about."""
+    for kind, names in zip(OBJECT_LABEL_KINDS, OBJECT_LABEL_NAMES):
+        if word in names:
+            return kind
+    return None
 
 # Per-patch label groups for dense supervision: name -> number of classes of each label in the
 # group, class 0 meaning "no object under this patch". "object" names the object; "box" gives the
