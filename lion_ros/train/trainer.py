@@ -18,7 +18,7 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
@@ -83,6 +83,20 @@ class QFormerAttentionMaps:
             scores = scores.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else scores + mask.float()
         self.maps.append(torch.softmax(scores, dim=-1))
 
+    def negative_log_share(self, groups: list[torch.Tensor],
+                           share: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+        """Mean over questions of -log of the attention share `share(rows, probs)` gives, as
+        ([b] shares, [b] which questions count), for each recorded pass and its rows of `groups`;
+        0 when no question counts."""
+        if len(self.maps) != len(groups):
+            raise RuntimeError(f"recorded {len(self.maps)} Q-Former passes for {len(groups)} question groups")
+        losses = []
+        for rows, probs in zip(groups, self.maps):
+            shares, counted = share(rows, probs)
+            losses.append(-torch.log(shares[counted].clamp_min(1e-6)))
+        per_question = torch.cat(losses)
+        return per_question.mean() if len(per_question) else per_question.new_zeros(())
+
 
 class QFormerCrossAttention(QFormerAttentionMaps):
     """The maps of the Q-Former's last cross-attention layer (its queries over the ViT tokens) and
@@ -98,16 +112,12 @@ class QFormerCrossAttention(QFormerAttentionMaps):
         """-log of the mean attention mass (over heads and queries) on each question's evidence
         patches, averaged over the questions that have evidence; groups: the rows of each recorded
         Q-Former pass, in order; evidence_mask [B, P] over the ViT patches (CLS excluded)."""
-        if len(self.maps) != len(groups):
-            raise RuntimeError(f"recorded {len(self.maps)} Q-Former passes for {len(groups)} question groups")
-        losses = []
-        for rows, probs in zip(groups, self.maps):
+        def on_evidence(rows: torch.Tensor, probs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
             mask = evidence_mask[rows].to(probs.dtype)  # [b, P]
             mass = (probs[..., 1:] * mask[:, None, None, :]).sum(-1).mean((1, 2))  # drop CLS; [b]
-            has_evidence = mask.sum(-1) > 0
-            losses.append(-torch.log(mass[has_evidence].clamp_min(1e-6)))
-        per_question = torch.cat(losses)
-        return per_question.mean() if len(per_question) else evidence_mask.new_zeros((), dtype=torch.float32)
+            return mass, mask.sum(-1) > 0
+
+        return self.negative_log_share(groups, on_evidence)
 
 
 class QFormerWordAttention(QFormerAttentionMaps):
@@ -126,17 +136,15 @@ class QFormerWordAttention(QFormerAttentionMaps):
         """-log of the share of the queries' attention (mean over heads and queries) on the
         question's label words, averaged over the questions that have any; groups as in
         `QFormerCrossAttention.evidence_loss`, qformer_input_ids [B, Q] the batch's Q-Former text."""
-        if len(self.maps) != len(groups):
-            raise RuntimeError(f"recorded {len(self.maps)} Q-Former passes for {len(groups)} question groups")
-        losses = []
-        for rows, probs in zip(groups, self.maps):
-            text = qformer_input_ids[rows, : probs.shape[-1] - self.num_queries]
-            on_words = torch.isin(text, self.word_ids.to(text.device)).to(probs.dtype)  # [b, T]
-            share = (probs[:, :, : self.num_queries, self.num_queries :] * on_words[:, None, None, :]).sum(-1)
-            has_words = on_words.sum(-1) > 0
-            losses.append(-torch.log(share.mean((1, 2))[has_words].clamp_min(1e-6)))
-        per_question = torch.cat(losses)
-        return per_question.mean() if len(per_question) else qformer_input_ids.new_zeros((), dtype=torch.float32)
+        queries = self.num_queries
+
+        def on_words(rows: torch.Tensor, probs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            text = qformer_input_ids[rows, : probs.shape[-1] - queries]
+            words = torch.isin(text, self.word_ids.to(text.device)).to(probs.dtype)  # [b, T]
+            share = (probs[:, :, :queries, queries:] * words[:, None, None, :]).sum(-1).mean((1, 2))  # [b]
+            return share, words.sum(-1) > 0
+
+        return self.negative_log_share(groups, on_words)
 
 
 class TrainingModule(nn.Module):
