@@ -1,7 +1,8 @@
 """Can the Q-Former learn to fetch the object a question names? A 2-minute probe on a frozen ViT.
 
     python scripts/retrieval_probe.py --model DIR [--steps 600] [--oracle] [--prototype-words]
-        [--text-in-queries] [--word-attention W] [--queries N] [--fresh-qformer]
+        [--text-in-queries] [--word-attention W] [--attention-supervision W] [--queries N]
+        [--fresh-qformer]
 
 The ViT of DIR stays frozen; the Q-Former (with its query tokens) trains, and a linear head on
 its query outputs predicts the one-word answer of synthetic attribute questions (colour, size,
@@ -20,6 +21,9 @@ Variants isolate the steps of retrieval:
   --word-attention W adds W x -log of the share of the queries' first self-attention (mean over
                      heads and queries) that lands on the question's category / colour / size words:
                      the same hop, taught within LION's Q-Former (lion-train's data.word_attention)
+  --attention-supervision W
+                     adds W x -log of the last cross-attention's mass on the asked object's patches:
+                     the second hop, taught directly (lion-train's data.attention_supervision)
   --queries N        a fresh Q-Former with N query tokens (LION: 32); with --fresh-qformer or N,
                      the Q-Former starts from a fresh initialisation instead of DIR's
 
@@ -28,6 +32,7 @@ Research tool for the recipe of lion-nano's stage 0 (MODEL_CARD.md, "Where the a
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import time
 from collections import defaultdict
@@ -45,7 +50,7 @@ from lion_ros.model.lion import LionModel
 from lion_ros.preprocess import PreprocessConfig, preprocess_image
 from lion_ros.prompts import build_qformer_prompt
 from lion_ros.tokenization import LionTokenizers
-from lion_ros.train.trainer import QFormerWordAttention, label_word_ids
+from lion_ros.train.trainer import QFormerCrossAttention, QFormerWordAttention, label_word_ids
 
 ATTRIBUTES = TaskMix(caption=0, spatial=0, count=0, attribute=3, rec=0, reg=0, grounded_caption=0, find_all=0)
 ANSWERS = [name for names in OBJECT_LABEL_NAMES for name in names]
@@ -75,7 +80,9 @@ class Probe:
         if args.prototype_words:
             self._prototype_words()
         self.word_attention = args.word_attention
-        self.recorder = QFormerWordAttention(lion, label_word_ids(self.tokenizers))
+        self.words = QFormerWordAttention(lion, label_word_ids(self.tokenizers))
+        self.attention_supervision = args.attention_supervision
+        self.cross = QFormerCrossAttention(lion)
         width = lion.config.qformer.hidden_size * lion.config.qformer.num_query_tokens
         self.head = torch.nn.Linear(width, len(ANSWERS))
         self.optimizer = torch.optim.AdamW(trainable + list(self.head.parameters()), lr=args.lr, weight_decay=0.01)
@@ -114,15 +121,22 @@ class Probe:
                         embeddings[ids[0]] = features[chosen].mean(0) - mean
 
     def loss(self, groups: list[list[Sample]]) -> torch.Tensor:
-        """The answer loss, plus lion-train's data.word_attention loss with --word-attention."""
-        if self.word_attention <= 0:
-            logits, _ = self.logits(groups)
-            return F.cross_entropy(logits, self.targets(groups))
-        with self.recorder:
+        """The answer loss, plus lion-train's data.word_attention and data.attention_supervision
+        losses with --word-attention and --attention-supervision."""
+        with contextlib.ExitStack() as recording:
+            for weight, recorder in ((self.word_attention, self.words), (self.attention_supervision, self.cross)):
+                if weight > 0:
+                    recording.enter_context(recorder)
             logits, text = self.logits(groups)
-        rows = torch.arange(len(logits))
-        return (F.cross_entropy(logits, self.targets(groups))
-                + self.word_attention * self.recorder.word_loss([rows], text["input_ids"]))
+        loss = F.cross_entropy(logits, self.targets(groups))
+        rows = [torch.arange(len(logits))]
+        if self.word_attention > 0:
+            loss = loss + self.word_attention * self.words.word_loss(rows, text["input_ids"])
+        if self.attention_supervision > 0:
+            samples = [s for group in groups for s in group]
+            evidence = torch.from_numpy(np.stack([patch_mask(s.evidence, self.grid) for s in samples]))
+            loss = loss + self.attention_supervision * self.cross.evidence_loss(rows, evidence)
+        return loss
 
     def logits(self, groups: list[list[Sample]]) -> tuple[torch.Tensor, dict]:
         """Answer logits of every question of `groups` (scenes' sample lists) and the Q-Former text batch."""
@@ -174,6 +188,8 @@ def main() -> None:
     parser.add_argument("--text-in-queries", action="store_true", help="add the question's mean word embedding to each query")
     parser.add_argument("--word-attention", type=float, default=0.0, metavar="W",
                         help="weight of the loss drawing the queries' self-attention to the label words")
+    parser.add_argument("--attention-supervision", type=float, default=0.0, metavar="W",
+                        help="weight of the loss drawing the last cross-attention to the asked object's patches")
     parser.add_argument("--queries", type=int, default=0, help="a fresh Q-Former with this many query tokens")
     parser.add_argument("--fresh-qformer", action="store_true", help="a fresh Q-Former instead of DIR's")
     parser.add_argument("--seed", type=int, default=0)
