@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from types import ModuleType
 
+import numpy as np
 import pytest
 import torch
 
@@ -55,13 +56,18 @@ def test_reading_report_separates_retrieval_from_perception() -> None:
     assert report["referent_shift"] > 0
 
 
+def probe_arguments(**flags: object) -> argparse.Namespace:
+    """retrieval_probe.py's arguments for the shipped nano, its defaults unless `flags` say otherwise."""
+    defaults = dict(model=str(NANO), oracle=False, prototype_words=False, text_in_queries=False, word_attention=0.0,
+                    attention_supervision=0.0, queries=0, fresh_qformer=False, lr=5e-4)
+    return argparse.Namespace(**{**defaults, **flags})
+
+
 @pytest.mark.slow
 def test_retrieval_probe_reads_colour_once_retrieval_is_given() -> None:
     probe_script = load_script("retrieval_probe")
-    args = argparse.Namespace(model=str(NANO), oracle=True, prototype_words=False, text_in_queries=False,
-                              word_attention=0.0, queries=0, fresh_qformer=False, lr=5e-4)
     torch.manual_seed(0)
-    probe = probe_script.Probe(args)
+    probe = probe_script.Probe(probe_arguments(oracle=True))
     test = list(probe.samples("test", 20))
     train = probe.samples("train", 10**6)
     for _ in range(100):
@@ -72,3 +78,31 @@ def test_retrieval_probe_reads_colour_once_retrieval_is_given() -> None:
     # Seeing only the asked object, the Q-Former reads its colour within 100 steps (0.96 on 60
     # test scenes); without the oracle it stays near the majority answer (MODEL_CARD.md).
     assert probe.accuracy(test)["colour"] > 0.75
+
+
+@pytest.mark.slow
+def test_retrieval_probe_attention_supervision_draws_the_cross_attention_to_the_object() -> None:
+    from lion_ros.data.synthetic import patch_mask
+
+    probe_script = load_script("retrieval_probe")
+    torch.manual_seed(0)
+    probe = probe_script.Probe(probe_arguments(attention_supervision=1.0, fresh_qformer=True))
+    train = probe.samples("train", 10**6)
+    held_out = list(probe.samples("test", 6))
+
+    def evidence_loss() -> float:
+        with torch.no_grad(), probe.cross:
+            probe.logits(held_out)
+        evidence = torch.from_numpy(np.stack([patch_mask(s.evidence, probe.grid) for g in held_out for s in g]))
+        return probe.cross.evidence_loss([torch.arange(len(evidence))], evidence).item()
+
+    before = evidence_loss()
+    for _ in range(30):
+        loss = probe.loss([next(train) for _ in range(8)])
+        probe.optimizer.zero_grad()
+        loss.backward()
+        probe.optimizer.step()
+    # -log of the last cross-attention's mass on the asked object's patches: a fresh Q-Former
+    # spreads it over ~100 patches (about -log(0.05)); the supervised term must pull it in.
+    assert before > 2.0
+    assert evidence_loss() < before - 0.5
