@@ -2,19 +2,23 @@
 paired with its own image versus with another image of the batch.
 
     python scripts/image_reliance.py --model DIR [--batches 3] [--config lion_ros/configs/train/nano-stage0.yaml]
+        [--swap both|qformer_input|aggregator_tokens]
 
 A model that reads the image has a clearly higher loss with the wrong image; equal losses mean
 its answers come from the question alone (the failure mode of an under-trained from-scratch
 model: a good language prior, no grounding). Batches are synthetic training batches built as
 the config's stage builds them (task mix, questions per image), from a seed the trainer never uses.
+--swap gives only one visual branch the other image (the Q-Former's ViT input or the aggregator's
+tokens), which shows which of the two branches T5 actually reads.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 
 import torch
 
-from lion_ros.model.lion import LionModel
+from lion_ros.model.lion import ImageFeatures, LionModel
 from lion_ros.preprocess import PreprocessConfig
 from lion_ros.tokenization import LionTokenizers
 from lion_ros.train.config import TrainConfig
@@ -24,6 +28,14 @@ from lion_ros.train.trainer import TrainingModule, answer_loss
 HELD_OUT_SEED = 123_457  # not a seed of any training config
 
 
+def next_image(features: ImageFeatures, swap: str) -> ImageFeatures:
+    """`features` with the `swap` branch (a field of ImageFeatures, or both) taken from the next
+    image of the batch."""
+    branches = [field.name for field in dataclasses.fields(features)] if swap == "both" else [swap]
+    return dataclasses.replace(features, **{name: getattr(features, name).roll(-1, 0) for name in branches
+                                            if getattr(features, name) is not None})
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", required=True, help="LION model directory")
@@ -31,6 +43,8 @@ def main() -> None:
                         help="training config whose data section builds the batches")
     parser.add_argument("--batches", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--swap", default="both", choices=("both", "qformer_input", "aggregator_tokens"),
+                        help="what the other image replaces: both branches' features, or one branch's")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -41,6 +55,7 @@ def main() -> None:
                         qformer_max_tokens=lion.config.qformer.max_position_embeddings)
     batches = SyntheticBatches(config.data, collator, STAGE_TASKS[config.stage], seed=HELD_OUT_SEED)
     module = TrainingModule(lion, config.data.length_groups)
+    encode_image = lion.encode_image
     # Token-averaged, long answers (boxes, captions) dominate; question-averaged, every question
     # counts once, so the one-word answers of yes/no, counting and attributes show.
     print("batch  average   own image  other image  difference")
@@ -49,8 +64,9 @@ def main() -> None:
             batch = batches[k]
             mask = batch.labels != -100
             own = module(batch)[0]
-            batch.image_index = (batch.image_index + 1) % batch.pixel_values.shape[0]  # next image's features
+            lion.encode_image = lambda pixels: next_image(encode_image(pixels), args.swap)  # shadows the method
             other = module(batch)[0]
+            del lion.encode_image
             for average in ("token", "question"):
                 own_loss, other_loss = answer_loss(own, mask, average), answer_loss(other, mask, average)
                 print(f"{k:5d}  {average:8s}  {own_loss:9.4f}  {other_loss:11.4f}  {other_loss - own_loss:+10.4f}")

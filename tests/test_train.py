@@ -517,3 +517,49 @@ def test_attention_supervision_draws_attention_to_the_evidence(tokenizer_dir: Pa
     with pytest.raises(ValueError, match="gradient_checkpointing"):
         tiny_config(tokenizer_dir, tmp_path, data={"attention_supervision": 1.0},
                     model={"gradient_checkpointing": True})
+
+
+def test_aggregator_dropout_hides_the_aggregator_from_the_dropped_questions(tokenizer_dir: Path,
+                                                                            tmp_path: Path) -> None:
+    """A dropped question's loss is the loss with zeroed aggregator tokens; in eval mode, and for
+    the questions kept, nothing changes."""
+    from lion_ros.model.lion import ImageFeatures
+    from lion_ros.preprocess import PreprocessConfig
+    from lion_ros.train.data import STAGE_TASKS, Collator, SyntheticBatches
+    from lion_ros.train.stages import build_model
+    from lion_ros.train.trainer import TrainingModule
+
+    config = tiny_config(tokenizer_dir, tmp_path, data={"images_per_batch": 4, "questions_per_image": 3})
+    tokenizers = LionTokenizers.load(tokenizer_dir)
+    torch.manual_seed(0)
+    lion = build_model(config, tokenizers).eval()  # no dropout layers: only the branch dropout differs
+    assert lion.config.uses_aggregator and lion.config.uses_qformer
+    collator = Collator(tokenizers, config.data, PreprocessConfig(image_size=lion.config.vision.image_size),
+                        qformer_max_tokens=lion.config.qformer.max_position_embeddings)
+    batch = SyntheticBatches(config.data, collator, STAGE_TASKS["stage0"], seed=0)[0]
+    with torch.no_grad():
+        plain = TrainingModule(lion)(batch)[0]
+        encode_image = lion.encode_image
+        lion.encode_image = lambda pixels: ImageFeatures(encode_image(pixels).qformer_input,
+                                                         torch.zeros_like(encode_image(pixels).aggregator_tokens))
+        blind = TrainingModule(lion)(batch)[0]
+        del lion.encode_image
+        module = TrainingModule(lion, aggregator_dropout=0.5)
+        module.training = True  # the branch dropout's switch, without lion's own dropout layers
+        torch.manual_seed(3)
+        dropped = module(batch)[0]
+        module.training = False
+        evaluated = module(batch)[0]
+    assert not torch.allclose(blind, plain)  # the tiny model reads its aggregator
+    torch.testing.assert_close(evaluated, plain)
+    is_blind = [torch.allclose(dropped[row], blind[row]) for row in range(len(plain))]
+    is_plain = [torch.allclose(dropped[row], plain[row]) for row in range(len(plain))]
+    assert all(b or p for b, p in zip(is_blind, is_plain))
+    assert any(is_blind) and any(is_plain)
+
+
+def test_aggregator_dropout_needs_both_branches(tokenizer_dir: Path, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="both visual branches"):
+        tiny_config(tokenizer_dir, tmp_path, stage="stage1", data={"aggregator_dropout": 0.5})
+    with pytest.raises(ValueError, match=r"\[0, 1\)"):
+        tiny_config(tokenizer_dir, tmp_path, data={"aggregator_dropout": 1.0})

@@ -112,6 +112,12 @@ class DataSection:
     # on a frozen nano ViT the answer loss alone does not find the first (MODEL_CARD.md, "Where
     # the answer is lost").
     word_attention: float = 0.0
+    # Stages that train both visual branches (stage0, stage3, mixed): the fraction of questions
+    # whose T5 sees the aggregator's tokens zeroed, so only the Q-Former carries the image to
+    # them. Measured on nano: trained together, T5 reads the image through the aggregator alone
+    # and the Q-Former's output barely depends on the image (MODEL_CARD.md, "The Q-Former branch
+    # is unused").
+    aggregator_dropout: float = 0.0
 
 
 @dataclass
@@ -193,6 +199,10 @@ class TrainConfig:
             if getattr(self.data, name) > 0 and self.model.gradient_checkpointing:
                 # The loss recomputes the attention map in a hook that is gone when backward recomputes.
                 raise ValueError(f"data.{name} cannot be combined with model.gradient_checkpointing")
+        if not 0 <= self.data.aggregator_dropout < 1:
+            raise ValueError(f"data.aggregator_dropout must be in [0, 1), got {self.data.aggregator_dropout}")
+        if self.data.aggregator_dropout > 0 and self.stage in ("stage1", "stage2"):
+            raise ValueError(f"data.aggregator_dropout needs both visual branches, which {self.stage} does not train")
         if self.data.word_attention > 0:
             if self.stage == "stage2":
                 raise ValueError("data.word_attention trains the Q-Former, which stage2 does not build")

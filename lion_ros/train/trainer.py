@@ -159,10 +159,12 @@ class TrainingModule(nn.Module):
 
     def __init__(self, lion: LionModel, length_groups: int = 1, dense_classes: tuple[int, ...] = (),
                  attention_supervision: bool = False, patch_words: Optional[list[torch.Tensor]] = None,
-                 label_word_ids: Optional[torch.Tensor] = None) -> None:
-        """label_word_ids: the Q-Former ids of the words that name objects, for data.word_attention."""
+                 label_word_ids: Optional[torch.Tensor] = None, aggregator_dropout: float = 0.0) -> None:
+        """label_word_ids: the Q-Former ids of the words that name objects, for data.word_attention;
+        aggregator_dropout: data.aggregator_dropout (applied in training mode only)."""
         super().__init__()
         self.lion = lion
+        self.aggregator_dropout = aggregator_dropout
         self.length_groups = length_groups
         self.cross_attention = QFormerCrossAttention(lion) if attention_supervision else None
         self.word_attention = QFormerWordAttention(lion, label_word_ids) if label_word_ids is not None else None
@@ -244,14 +246,16 @@ class TrainingModule(nn.Module):
         labels = batch.labels[rows]
         labels = labels[:, : int((labels != -100).sum(1).max())]  # right-padded with -100
         image_rows = batch.image_index[rows]
+        features = ImageFeatures(*(None if t is None else t.index_select(0, image_rows)
+                                   for t in (features.qformer_input, features.aggregator_tokens)))
+        if self.training and self.aggregator_dropout > 0 and features.aggregator_tokens is not None:
+            keep = torch.rand(len(rows), device=image_rows.device) >= self.aggregator_dropout
+            features.aggregator_tokens = features.aggregator_tokens * keep[:, None, None].to(features.aggregator_tokens.dtype)
         out = lion(
             input_ids=batch.input_ids[rows, :prompt_length],
             attention_mask=batch.attention_mask[rows, :prompt_length],
             task_index=batch.task_index[rows],
-            image_features=ImageFeatures(
-                *(None if t is None else t.index_select(0, image_rows)
-                  for t in (features.qformer_input, features.aggregator_tokens))
-            ),
+            image_features=features,
             qformer_input_ids=batch.qformer_input_ids[rows, :qformer_length],
             qformer_attention_mask=batch.qformer_attention_mask[rows, :qformer_length],
             decoder_input_ids=lion.language_model._shift_right(labels),
@@ -342,6 +346,7 @@ def train(config: TrainConfig) -> TrainResult:
         config.data.attention_supervision > 0,
         patch_word_ids(tokenizers) if config.data.dense_words > 0 else None,
         label_word_ids(tokenizers) if config.data.word_attention > 0 else None,
+        config.data.aggregator_dropout,
     )
     module = dist_utils.wrap(training_module, config.run, env)
     optimizer = torch.optim.AdamW(
