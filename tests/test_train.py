@@ -338,21 +338,27 @@ def test_stage1_2_3_chain_keeps_vit_and_t5_frozen(tokenizer_dir: Path, stage0_di
             assert torch.equal(tensor, stage0[name]), name
 
 
-def test_length_groups_give_the_same_loss_and_gradients(tokenizer_dir: Path, tmp_path: Path) -> None:
-    """Running T5 per answer-length group only trims padding: per-token losses and gradients
-    equal those of one padded pass (to float rounding)."""
+def tiny_model_and_batch(config: TrainConfig, tokenizers: LionTokenizers, **collator_options: object):
+    """lion-tiny built for `config`, in eval mode (no dropout: passes compare exactly), and the first
+    synthetic batch of its stage."""
     from lion_ros.preprocess import PreprocessConfig
     from lion_ros.train.data import STAGE_TASKS, Collator, SyntheticBatches
     from lion_ros.train.stages import build_model
+
+    torch.manual_seed(0)
+    lion = build_model(config, tokenizers).eval()
+    collator = Collator(tokenizers, config.data, PreprocessConfig(image_size=lion.config.vision.image_size),
+                        qformer_max_tokens=lion.config.qformer.max_position_embeddings, **collator_options)
+    return lion, SyntheticBatches(config.data, collator, STAGE_TASKS[config.stage], seed=0)[0]
+
+
+def test_length_groups_give_the_same_loss_and_gradients(tokenizer_dir: Path, tmp_path: Path) -> None:
+    """Running T5 per answer-length group only trims padding: per-token losses and gradients
+    equal those of one padded pass (to float rounding)."""
     from lion_ros.train.trainer import TrainingModule
 
     config = tiny_config(tokenizer_dir, tmp_path, data={"images_per_batch": 4, "questions_per_image": 3})
-    tokenizers = LionTokenizers.load(tokenizer_dir)
-    torch.manual_seed(0)
-    lion = build_model(config, tokenizers).eval()  # no dropout: both passes must see the same masks
-    collator = Collator(tokenizers, config.data, PreprocessConfig(image_size=lion.config.vision.image_size),
-                        qformer_max_tokens=lion.config.qformer.max_position_embeddings)
-    batch = SyntheticBatches(config.data, collator, STAGE_TASKS["stage0"], seed=0)[0]
+    lion, batch = tiny_model_and_batch(config, LionTokenizers.load(tokenizer_dir))
     lengths = (batch.labels != -100).sum(1)
     assert lengths.min() < lengths.max()  # the batch really mixes answer lengths
 
@@ -432,19 +438,11 @@ def recorded_and_eager_attention(lion: LionModel, batch, recorder) -> tuple[torc
 def test_attention_supervision_reads_the_qformers_own_cross_attention(tokenizer_dir: Path, tmp_path: Path) -> None:
     """The probabilities the hook recomputes are the ones the Q-Former attends with (its eager
     attention's cross_attentions), and the loss is -log of their mean mass on the evidence."""
-    from lion_ros.preprocess import PreprocessConfig
-    from lion_ros.train.data import STAGE_TASKS, Collator, SyntheticBatches
-    from lion_ros.train.stages import build_model
     from lion_ros.train.trainer import QFormerCrossAttention
 
     config = tiny_config(tokenizer_dir, tmp_path, data={"attention_supervision": 1.0})
-    tokenizers = LionTokenizers.load(tokenizer_dir)
-    torch.manual_seed(0)
-    lion = build_model(config, tokenizers).eval()
-    grid = lion.config.vision.patch_grid
-    collator = Collator(tokenizers, config.data, PreprocessConfig(image_size=lion.config.vision.image_size),
-                        qformer_max_tokens=lion.config.qformer.max_position_embeddings, patch_grid=grid)
-    batch = SyntheticBatches(config.data, collator, STAGE_TASKS["stage0"], seed=0)[0]
+    grid = LionConfig.preset(config.model.preset).vision.patch_grid
+    lion, batch = tiny_model_and_batch(config, LionTokenizers.load(tokenizer_dir), patch_grid=grid)
     assert batch.evidence_mask.shape == (batch.num_questions, grid * grid) and batch.evidence_mask.any()
 
     recorder = QFormerCrossAttention(lion)
@@ -464,9 +462,6 @@ def test_word_attention_reads_the_qformers_own_self_attention(tokenizer_dir: Pat
     """data.word_attention: the recorded maps are the Q-Former's first self-attention (its eager
     attentions, padding masked), and the loss is -log of the queries' mean share on the label words."""
     from lion_ros.data.synthetic import OBJECT_LABEL_NAMES
-    from lion_ros.preprocess import PreprocessConfig
-    from lion_ros.train.data import STAGE_TASKS, Collator, SyntheticBatches
-    from lion_ros.train.stages import build_model
     from lion_ros.train.trainer import QFormerWordAttention, label_word_ids
 
     config = tiny_config(tokenizer_dir, tmp_path, stage="stage1", data={"word_attention": 1.0})
@@ -475,11 +470,7 @@ def test_word_attention_reads_the_qformers_own_self_attention(tokenizer_dir: Pat
     names = {tokenizers.qformer(w, add_special_tokens=False)["input_ids"][0] for words in OBJECT_LABEL_NAMES for w in words}
     assert len(names) == sum(map(len, OBJECT_LABEL_NAMES)) and names <= set(word_ids.tolist())
     assert len(word_ids) <= len(names) + len(OBJECT_LABEL_NAMES[0])  # + whole plurals the vocabulary has
-    torch.manual_seed(0)
-    lion = build_model(config, tokenizers).eval()
-    collator = Collator(tokenizers, config.data, PreprocessConfig(image_size=lion.config.vision.image_size),
-                        qformer_max_tokens=lion.config.qformer.max_position_embeddings)
-    batch = SyntheticBatches(config.data, collator, STAGE_TASKS["stage1"], seed=0)[0]
+    lion, batch = tiny_model_and_batch(config, tokenizers)
     assert batch.qformer_attention_mask.eq(0).any()  # padding must be masked like the model masks it
     on_words = torch.isin(batch.qformer_input_ids, word_ids)
     assert on_words.any(1).all()  # every synthetic question names an object or an attribute
@@ -523,25 +514,20 @@ def test_aggregator_dropout_hides_the_aggregator_from_the_dropped_questions(toke
                                                                             tmp_path: Path) -> None:
     """A dropped question's loss is the loss with zeroed aggregator tokens; in eval mode, and for
     the questions kept, nothing changes."""
-    from lion_ros.model.lion import ImageFeatures
-    from lion_ros.preprocess import PreprocessConfig
-    from lion_ros.train.data import STAGE_TASKS, Collator, SyntheticBatches
-    from lion_ros.train.stages import build_model
     from lion_ros.train.trainer import TrainingModule
 
     config = tiny_config(tokenizer_dir, tmp_path, data={"images_per_batch": 4, "questions_per_image": 3})
-    tokenizers = LionTokenizers.load(tokenizer_dir)
-    torch.manual_seed(0)
-    lion = build_model(config, tokenizers).eval()  # no dropout layers: only the branch dropout differs
+    lion, batch = tiny_model_and_batch(config, LionTokenizers.load(tokenizer_dir))  # only the branch dropout differs
     assert lion.config.uses_aggregator and lion.config.uses_qformer
-    collator = Collator(tokenizers, config.data, PreprocessConfig(image_size=lion.config.vision.image_size),
-                        qformer_max_tokens=lion.config.qformer.max_position_embeddings)
-    batch = SyntheticBatches(config.data, collator, STAGE_TASKS["stage0"], seed=0)[0]
+
+    def without_aggregator(pixels: torch.Tensor):
+        features = encode_image(pixels)
+        return dataclasses.replace(features, aggregator_tokens=torch.zeros_like(features.aggregator_tokens))
+
     with torch.no_grad():
         plain = TrainingModule(lion)(batch)[0]
         encode_image = lion.encode_image
-        lion.encode_image = lambda pixels: ImageFeatures(encode_image(pixels).qformer_input,
-                                                         torch.zeros_like(encode_image(pixels).aggregator_tokens))
+        lion.encode_image = without_aggregator  # shadows the method for one pass
         blind = TrainingModule(lion)(batch)[0]
         del lion.encode_image
         module = TrainingModule(lion, aggregator_dropout=0.5)
