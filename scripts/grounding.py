@@ -17,6 +17,11 @@ the Q-Former output moves when "What colour is the <category>?" names another ca
 same image, relative to asking it about another image: near 0 means the queries ignore which
 object is named.
 
+Spread: how much each branch's tokens change from one test image to another (mean distance of a
+token from its mean over the images, relative to the mean token norm), for the ViT tokens, the
+aggregator tokens and the Q-Former's projected output for one question: a Q-Former output that
+hardly changes while the ViT tokens do has stopped carrying the image.
+
 Probe (when DIR is a stage-0 checkpoint, `checkpoints/step-N`, trained with
 data.dense_supervision and its default `object` targets): accuracy of the dense-supervision probe on the ViT's object patches,
 per label (category, colour, size): how well the ViT itself sees what a question asks about.
@@ -128,6 +133,23 @@ def reading_features(lion: LionModel, tokenizers: LionTokenizers, scenes: Synthe
     return {k: torch.stack(v) for k, v in features.items()}, answers, same_image, other_image
 
 
+def image_spread(lion: LionModel, tokenizers: LionTokenizers, scenes: SyntheticDataset,
+                 question: str = "What colour is the cup?") -> dict[str, float]:
+    """Per branch, the tokens' mean distance from their mean over `scenes`' images, relative to
+    their mean norm (see the module docstring)."""
+    encoded = [encode_scene(lion, scenes.scene(i)) for i in range(scenes.num_scenes)]
+    tokens = {"vit": [e.qformer_input[0] for e in encoded if e.qformer_input is not None],
+              "aggregator": [e.aggregator_tokens[0] for e in encoded if e.aggregator_tokens is not None]}
+    if lion.config.uses_qformer:
+        tokens["qformer"] = [qformer_output(lion, tokenizers, e, [question])[0] for e in encoded]
+    spread = {}
+    for name, per_image in tokens.items():
+        if per_image:
+            stacked = torch.stack(per_image)  # [images, tokens, width]
+            spread[name] = float((stacked - stacked.mean(0)).norm(dim=-1).mean() / stacked.norm(dim=-1).mean())
+    return spread
+
+
 def linear_probe_accuracy(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor, test_y: torch.Tensor,
                           classes: int) -> float:
     """Test accuracy of a softmax regression on standardised features (fixed seed and schedule)."""
@@ -207,6 +229,9 @@ def main() -> None:
                ", ViT over the whole image {vit_image:.3f}").format(**reading))
         print("Q-Former output shift when the question names another object of the image, relative to another "
               "image: {referent_shift:.3f}".format(**reading))
+        spread = image_spread(lion, tokenizers, scenes)
+        print(f"token spread across the {scenes.num_scenes} test images: "
+              + ", ".join(f"{name} {value:.3f}" for name, value in spread.items()))
 
 
 if __name__ == "__main__":

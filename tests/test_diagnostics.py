@@ -56,6 +56,21 @@ def test_reading_report_separates_retrieval_from_perception() -> None:
     assert report["referent_shift"] > 0
 
 
+def test_image_spread_shows_the_shipped_qformer_output_hardly_follows_the_image() -> None:
+    from lion_ros.data.synthetic import SyntheticDataset
+    from lion_ros.model.lion import LionModel
+    from lion_ros.tokenization import LionTokenizers
+
+    grounding = load_script("grounding")
+    lion = LionModel.from_pretrained(NANO).eval()
+    with torch.no_grad():
+        spread = grounding.image_spread(lion, LionTokenizers.load(NANO), SyntheticDataset("test", 6))
+    assert set(spread) == {"vit", "aggregator", "qformer"}
+    # 100 test images: ViT 0.556, aggregator 0.681, Q-Former output 0.019 (MODEL_CARD.md)
+    assert spread["vit"] > 0.3 and spread["aggregator"] > 0.3
+    assert spread["qformer"] < spread["vit"] / 5
+
+
 def probe_arguments(**flags: object) -> argparse.Namespace:
     """retrieval_probe.py's arguments for the shipped nano, its defaults unless `flags` say otherwise."""
     defaults = dict(model=str(NANO), oracle=False, prototype_words=False, text_in_queries=False, word_attention=0.0,
