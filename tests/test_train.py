@@ -91,6 +91,29 @@ def test_lr_schedule_warms_up_then_decays_by_steps_or_by_time() -> None:
     assert by_time.lr(20, 60.0) == pytest.approx(0.1)
 
 
+def test_overrides_read_exponent_numbers_as_numbers(tmp_path: Path) -> None:
+    # YAML 1.1 reads 1e-3 as a string; the optimizer then failed deep inside torch.
+    path = tmp_path / "stage.yaml"
+    path.write_text("stage: stage0\noptim: {lr: 5e-4}\n")
+    config = TrainConfig.load(path, ["optim.lr=1e-3", "run.max_minutes=2e1", "optim.min_lr_ratio=0.1"])
+    assert config.optim.lr == 1e-3 and isinstance(config.optim.lr, float)
+    assert config.run.max_minutes == 20.0 and config.optim.min_lr_ratio == 0.1
+    assert TrainConfig.load(path).optim.lr == 5e-4
+    with pytest.raises(ValueError, match="OptimSection.lr must be a number, got 'fast'"):
+        TrainConfig.load(path, ["optim.lr=fast"])
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device: the CUDA training path needs a GPU")
+def test_stage0_trains_on_cuda_with_bf16_and_dense_supervision(tokenizer_dir: Path, tmp_path: Path) -> None:
+    # The dense probe is made after the model moves to the device; it once stayed on the CPU.
+    train(tiny_config(tokenizer_dir, tmp_path, optim={"steps": 12}, data={"dense_supervision": 1.0},
+                      run={"device": "cuda", "bf16": True}))
+    losses = list(logged_losses(tmp_path).values())
+    assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3 - 0.5
+    assert min(logged_column(tmp_path, "loss_dense").values()) > 0
+
+
 def test_question_average_weighs_every_question_the_same() -> None:
     from lion_ros.train.trainer import answer_loss
 

@@ -274,8 +274,18 @@ def _build(cls: type, data: Mapping[str, Any] | None) -> Any:
             if not all(isinstance(item, Mapping) for item in value):
                 raise ValueError("each data.files entry is a mapping with at least 'format' and 'path'")
             value = [_build(FileSource, item) for item in value]
+        elif fields[name].type == "float" and isinstance(value, str):
+            value = _float(f"{cls.__name__}.{name}", value)
         kwargs[name] = value
     return cls(**kwargs)
+
+
+def _float(key: str, value: str) -> float:
+    """YAML 1.1 reads `1e-3` (no dot in the mantissa) as a string; take it as the number meant."""
+    try:
+        return float(value)
+    except ValueError:
+        raise ValueError(f"{key} must be a number, got {value!r}") from None
 
 
 _SECTIONS = {

@@ -347,7 +347,7 @@ def train(config: TrainConfig) -> TrainResult:
         patch_word_ids(tokenizers) if config.data.dense_words > 0 else None,
         label_word_ids(tokenizers) if config.data.word_attention > 0 else None,
         config.data.aggregator_dropout,
-    )
+    ).to(env.device)  # the dense probe is made here, after the model moved
     module = dist_utils.wrap(training_module, config.run, env)
     optimizer = torch.optim.AdamW(
         param_groups(module, config.optim.weight_decay), lr=config.optim.lr, betas=config.optim.betas,
