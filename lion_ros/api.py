@@ -5,8 +5,11 @@ can exchange them.
 """
 from __future__ import annotations
 
+import json
+import math
 from dataclasses import dataclass, field
 from enum import IntEnum
+from pathlib import Path
 
 
 class TaskKind(IntEnum):
@@ -77,3 +80,28 @@ class GenerationSettings:
     max_new_tokens: int = 64
     repetition_penalty: float = 1.5
     length_penalty: float = 1.0
+
+
+# A model directory's own decoding defaults, named as in Hugging Face model directories. lion-nano
+# ships one: the reference repetition penalty (1.5) penalises the repeated digits of its boxes.
+GENERATION_CONFIG_NAME = "generation_config.json"
+_MODEL_DEFAULT_KEYS = ("repetition_penalty", "length_penalty")
+
+
+def model_generation_defaults(model_dir: str | Path) -> dict[str, float]:
+    """The `GenerationSettings` penalties a model directory asks for in its generation_config.json
+    ({} without one); anything else in the file, or a value that is not a positive number, is an error."""
+    path = Path(model_dir) / GENERATION_CONFIG_NAME
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"{path}: not a readable JSON file ({exc})") from None
+    unknown = sorted(set(data) - set(_MODEL_DEFAULT_KEYS)) if isinstance(data, dict) else None
+    if unknown is None or unknown:
+        raise ValueError(f"{path}: expected an object with keys among {_MODEL_DEFAULT_KEYS}, got {unknown or data!r}")
+    for key, value in data.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and value > 0):
+            raise ValueError(f"{path}: {key} must be a positive number, got {value!r}")
+    return {key: float(value) for key, value in data.items()}

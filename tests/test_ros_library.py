@@ -216,6 +216,30 @@ def test_make_runtime_says_what_is_missing(tmp_path, monkeypatch):
         make_runtime(NodeParams(model_path=str(tmp_path), backend="tensorrt"))
 
 
+def test_repetition_penalty_zero_takes_the_models_own(tmp_path):
+    import json
+
+    from lion_ros.api import GENERATION_CONFIG_NAME
+    from lion_ros.ros.params import SHIPPED_MODEL
+
+    def resolved(model_dir, penalty=0.0):
+        return NodeParams(model_path=str(model_dir), generation_repetition_penalty=penalty) \
+            .with_model_defaults().generation_repetition_penalty
+
+    assert resolved(tmp_path) == 1.5  # no generation_config.json: the reference value
+    assert resolved(SHIPPED_MODEL) == 1.0  # lion-nano's box digits repeat
+    (tmp_path / GENERATION_CONFIG_NAME).write_text(json.dumps({"repetition_penalty": 1.2}))
+    assert resolved(tmp_path) == 1.2
+    assert resolved(tmp_path, penalty=1.3) == 1.3  # an explicit parameter wins
+    for bad, message in ((json.dumps({"repetition_penalty": -1}), "must be a positive number"),
+                         (json.dumps({"temperature": 0.7}), "expected an object with keys among"),
+                         (json.dumps([1.0]), "expected an object"),
+                         ("{not json", "not a readable JSON file")):
+        (tmp_path / GENERATION_CONFIG_NAME).write_text(bad)
+        with pytest.raises(ValueError, match=message):
+            resolved(tmp_path)
+
+
 def test_make_runtime_dispatches_by_backend_name(tmp_path, monkeypatch):
     import sys
     import types

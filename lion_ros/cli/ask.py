@@ -20,7 +20,7 @@ from typing import Optional, Sequence
 import cv2
 import numpy as np
 
-from lion_ros.api import Answer, TaskKind
+from lion_ros.api import Answer, TaskKind, model_generation_defaults
 from lion_ros.ros.params import SHIPPED_MODEL
 from lion_ros.runtime.base import GenerationSettings
 
@@ -86,7 +86,8 @@ def _ask(args: argparse.Namespace) -> tuple[Answer, np.ndarray]:
     runtime = PyTorchRuntime.from_pretrained(
         args.model, device=args.device, runtime_config=RuntimeConfig(constrain_boxes=not args.no_box_constraint)
     )
-    settings = GenerationSettings(num_beams=args.beams, max_new_tokens=args.max_new_tokens)
+    settings = GenerationSettings(num_beams=args.beams, max_new_tokens=args.max_new_tokens,
+                                  **model_generation_defaults(args.model))
     tags = [tag.strip() for tag in args.tags.split(",") if tag.strip()]
     answer = runtime.answer(runtime.encode_image(rgb), args.question, tags=tags, task=TASKS[args.task], settings=settings)
     return answer, rgb

@@ -103,7 +103,7 @@ class LionNode(LifecycleNode):
 
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
         try:
-            params = read(self, NodeParams)
+            params = read(self, NodeParams).with_model_defaults()
         except ValueError as exc:
             self.get_logger().error(f"invalid parameters: {exc}")
             return TransitionCallbackReturn.FAILURE

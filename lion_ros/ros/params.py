@@ -7,11 +7,13 @@ field uses an underscore and records the ROS name in its metadata.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
 
+from lion_ros.api import GenerationSettings, model_generation_defaults
 from lion_ros.ros.errors import AskError, ErrorCode
 
 PACKAGE_DIR = Path(__file__).resolve().parents[1]
@@ -164,9 +166,11 @@ class NodeParams:
     generation_max_new_tokens: int = param(64, "Default answer length limit in tokens (a request "
                                                "may ask for up to the range maximum).",
                                            name="generation.max_new_tokens", range=(1, 512))
-    generation_repetition_penalty: float = param(1.5, "Repetition penalty (reference LION value).",
+    generation_repetition_penalty: float = param(0.0, "Repetition penalty; 0 = the model's own "
+                                                      "(its generation_config.json, else 1.5, the "
+                                                      "reference LION value; lion-nano: 1.0).",
                                                  name="generation.repetition_penalty",
-                                                 range=(1.0, 10.0))
+                                                 range=(0.0, 10.0))
     standing_queries: list = param([], "Questions answered repeatedly, each 'camera|period_s|"
                                        "question' (empty camera = default camera).")
     tags_topic: str = param("", "Upstream vision_msgs/Detection2DArray whose class_ids become "
@@ -182,6 +186,14 @@ class NodeParams:
 
     def resolved_model_path(self) -> Path:
         return Path(self.model_path).expanduser() if self.model_path else SHIPPED_MODEL
+
+    def with_model_defaults(self) -> "NodeParams":
+        """These parameters with `generation.repetition_penalty` 0 replaced by the model's own."""
+        if self.generation_repetition_penalty > 0:
+            return self
+        penalty = model_generation_defaults(self.resolved_model_path()).get(
+            "repetition_penalty", GenerationSettings.repetition_penalty)
+        return dataclasses.replace(self, generation_repetition_penalty=penalty)
 
     def standing_query_specs(self) -> list[StandingQuerySpec]:
         queries = [StandingQuerySpec.parse(q) for q in self.standing_queries]
