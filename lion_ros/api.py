@@ -85,12 +85,13 @@ class GenerationSettings:
 # A model directory's own decoding defaults, named as in Hugging Face model directories. lion-nano
 # ships one: the reference repetition penalty (1.5) penalises the repeated digits of its boxes.
 GENERATION_CONFIG_NAME = "generation_config.json"
-_MODEL_DEFAULT_KEYS = ("repetition_penalty", "length_penalty")
+_MODEL_DEFAULT_KEYS = ("repetition_penalty",)
 
 
 def model_generation_defaults(model_dir: str | Path) -> dict[str, float]:
-    """The `GenerationSettings` penalties a model directory asks for in its generation_config.json
-    ({} without one); anything else in the file, or a value that is not a positive number, is an error."""
+    """The `GenerationSettings` defaults a model directory asks for in its generation_config.json
+    ({} without one): its repetition penalty, the one setting the node and lion-ask take from the
+    model. Any other key, or a value that is not a positive number, is an error."""
     path = Path(model_dir) / GENERATION_CONFIG_NAME
     if not path.is_file():
         return {}
