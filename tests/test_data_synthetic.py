@@ -274,6 +274,13 @@ def test_config_from_yaml_style_dict():
     ds = SyntheticDataset("compositional", 2, cfg)
     for i in range(2):
         assert ("red", "bowl") in {(o.colour, o.category) for o in ds.scene(i).objects}
+    # a partial task mapping names the whole mix: the unnamed tasks yield nothing
+    assert len(ds) == 2 * 5 and {s.task_name for s in ds} == {"rec"}
+    assert SyntheticConfig.from_dict({}).tasks == TaskMix()
+    for tasks, message in (({"spatail": 1}, "unknown synthetic tasks"), ({"rec": -1}, "integers >= 0"),
+                           ({"rec": 0}, "yields no samples")):
+        with pytest.raises(ValueError, match=message):
+            SyntheticConfig.from_dict({"tasks": tasks})
     with pytest.raises(ValueError, match="unknown categories"):
         SceneConfig(categories=("cup", "teapot"))
 

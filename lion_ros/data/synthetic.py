@@ -135,6 +135,24 @@ class TaskMix:
     def total(self) -> int:
         return sum(getattr(self, f.name) for f in fields(self))
 
+    @classmethod
+    def only(cls, counts: Mapping[str, int]) -> "TaskMix":
+        """Exactly the tasks named (the others yield nothing), as a config's `tasks:` reads.
+
+        A partial mapping does not inherit the defaults: `{spatial: 1}` means spatial questions
+        only, not spatial plus the default captions, counting, REC and so on."""
+        names = [f.name for f in fields(cls)]
+        unknown = sorted(set(counts) - set(names))
+        if unknown:
+            raise ValueError(f"unknown synthetic tasks {unknown}; expected some of {names}")
+        bad = {k: v for k, v in counts.items() if not isinstance(v, int) or isinstance(v, bool) or v < 0}
+        if bad:
+            raise ValueError(f"task counts must be integers >= 0, got {bad}")
+        mix = cls(**{name: int(counts.get(name, 0)) for name in names})
+        if mix.total() == 0:
+            raise ValueError("the synthetic task mix yields no samples; give at least one task a count > 0")
+        return mix
+
 
 @dataclass
 class SyntheticConfig:
@@ -148,7 +166,7 @@ class SyntheticConfig:
         data = dict(data)
         return cls(
             scene=SceneConfig(**data.pop("scene", {})),
-            tasks=TaskMix(**data.pop("tasks", {})),
+            tasks=TaskMix.only(data.pop("tasks")) if "tasks" in data else TaskMix(),
             **data,
         )
 
