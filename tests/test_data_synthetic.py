@@ -23,7 +23,7 @@ from lion_ros.data.synthetic import (
     scene_seed,
     spatial_relation,
 )
-from lion_ros.eval.metrics import parse_boxes
+from lion_ros.eval.metrics import parse_boxes, parse_yes_no
 
 BOX = r"\d\.\d{3},\d\.\d{3},\d\.\d{3},\d\.\d{3}"
 REC_TARGET = re.compile(rf"^Answer: \[{BOX}\]$")
@@ -394,3 +394,27 @@ def test_patch_mask_marks_the_patches_whose_centre_is_in_a_box():
     scene = render_scene(scene_seed("train", 3))
     on_objects = patch_mask([scene.normalized_box(o) for o in scene.objects], grid)
     np.testing.assert_array_equal(on_objects, patch_labels(scene, grid)[:, 0] > 0)  # the same patches
+
+
+def test_grounded_spatial_answers_write_both_boxes_before_the_verdict():
+    plain = SyntheticConfig(tasks=TaskMix.only({"spatial": 4}))
+    grounded = SyntheticConfig(tasks=TaskMix.only({"spatial": 4}), spatial_answer="grounded")
+    verdicts = set()
+    for p, g in zip(SyntheticDataset("train", 6, plain), SyntheticDataset("train", 6, grounded)):
+        assert (p.question, p.yes_no, p.evidence) == (g.question, g.yes_no, g.evidence)  # same questions
+        if p.task_name != "yesno":  # a scene without a clear relation falls back to REC
+            continue
+        assert p.answer in ("yes", "no")
+        ref_a, phrase, ref_b = re.fullmatch(r"Is (?:it true that )?(the .+?) (?:is )?((?:to the )?(?:left|right) of|"
+                                            r"in front of|behind|closer to the camera than|farther from the camera "
+                                            r"than) (the .+)\?", g.question).groups()
+        pattern = rf"{re.escape(ref_a)}\[({BOX})\] is {phrase} {re.escape(ref_b)}\[({BOX})\]: {p.answer}"
+        match = re.fullmatch(pattern, g.answer)
+        assert match, g.answer
+        boxes = [tuple(float(v) for v in m.split(",")) for m in match.groups()]
+        assert boxes == [tuple(round(v, 3) for v in box) for box in g.evidence]
+        assert parse_yes_no(g.answer) is g.yes_no
+        verdicts.add(p.answer)
+    assert verdicts == {"yes", "no"}
+    with pytest.raises(ValueError, match="spatial_answer"):
+        SyntheticConfig(spatial_answer="boxes")

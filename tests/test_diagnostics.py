@@ -129,3 +129,26 @@ def test_retrieval_probe_attention_supervision_draws_the_cross_attention_to_the_
     # spreads it over ~100 patches (about -log(0.05)); the supervised term must pull it in.
     assert before > 2.0
     assert evidence_loss() < before - 0.5
+
+
+def test_relation_from_boxes_reads_left_right_and_depth() -> None:
+    two_step = load_script("spatial_two_step")
+    left, right = (0.1, 0.5, 0.3, 0.7), (0.6, 0.3, 0.8, 0.5)  # right is also higher: farther away
+    assert two_step.relation_from_boxes("left", left, right) and not two_step.relation_from_boxes("right", left, right)
+    assert two_step.relation_from_boxes("front", left, right) and not two_step.relation_from_boxes("behind", left, right)
+    assert set(two_step.RELATION_OF_PHRASE.values()) == {"left", "right", "front", "behind"}
+
+
+def test_spatial_two_step_finds_both_objects_on_the_shipped_nano() -> None:
+    from lion_ros.data.synthetic import SyntheticConfig, SyntheticDataset, TaskMix
+    from lion_ros.runtime.backends import load_runtime
+    from lion_ros.runtime.base import GenerationSettings
+
+    two_step = load_script("spatial_two_step")
+    runtime = load_runtime("pytorch", str(NANO), "cpu", threads=1)
+    config = SyntheticConfig(prompt_variety=False, tasks=TaskMix.only({"spatial": 6}))
+    report = two_step.spatial_two_step(runtime, SyntheticDataset("test", 4, config, cache_size=1),
+                                       GenerationSettings(num_beams=1, max_new_tokens=120))
+    assert set(report) == {"left/right", "depth"} and sum(row["n"] for row in report.values()) >= 20
+    # Measured on 30 test scenes: two-step 0.989 / 1.000, direct 0.558 / 0.565 (MODEL_CARD.md).
+    assert all(row["two_step"] >= 0.85 for row in report.values())

@@ -112,6 +112,9 @@ def test_yes_no_metrics_hand_values():
     assert m["yes_ratio"] == pytest.approx(0.4)
     assert parse_yes_no("There is no cat.") is False
     assert parse_yes_no("Yes. It is not red.") is True  # only the first sentence counts (POPE)
+    # a grounded answer's decimal points are not sentence ends: the verdict after the boxes counts
+    assert parse_yes_no("the cup[0.120,0.400,0.310,0.770] is left of the ball[0.500,0.410,0.600,0.620]: no") is False
+    assert parse_yes_no("the cup[0.120,0.400,0.310,0.770] is left of the ball[0.500,0.410,0.600,0.620]: yes") is True
     assert yes_no_metrics(["yes"], ["no"])["accuracy"] == 0.0
 
 

@@ -119,6 +119,9 @@ class SceneConfig:
             raise ValueError(f"image too small: {self.width}x{self.height}")
 
 
+SPATIAL_ANSWERS = ("plain", "grounded")
+
+
 @dataclass
 class TaskMix:
     """How many samples of each task one scene yields."""
@@ -160,6 +163,14 @@ class SyntheticConfig:
     tasks: TaskMix = field(default_factory=TaskMix)
     base_seed: int = 0
     prompt_variety: bool = True  # False: always the canonical template of each task
+    # "plain": spatial questions are answered "yes"/"no" (VSR). "grounded": the answer first
+    # finds both objects, then decides, e.g. "the cup[0.1,..] is left of the ball[0.6,..]: yes",
+    # so the decision reads two boxes the model has just written (MODEL_CARD.md, "Spatial").
+    spatial_answer: str = "plain"
+
+    def __post_init__(self) -> None:
+        if self.spatial_answer not in SPATIAL_ANSWERS:
+            raise ValueError(f"spatial_answer must be one of {SPATIAL_ANSWERS}, got {self.spatial_answer!r}")
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "SyntheticConfig":
@@ -696,8 +707,9 @@ class _SceneSampler:
     """Builds the samples of one scene; every random choice goes through `rng`."""
 
     def __init__(self, scene: Scene, rng: np.random.Generator, heldout: Sequence[tuple[str, str]],
-                 variety_seed: Optional[int], id_prefix: str) -> None:
+                 variety_seed: Optional[int], id_prefix: str, spatial_answer: str = "plain") -> None:
         self.scene = scene
+        self.spatial_answer = spatial_answer
         self.objs = scene.objects
         self.rng = rng
         self.variety_seed = variety_seed
@@ -769,6 +781,9 @@ class _SceneSampler:
         form = self._choice(("Is {a} {rel} {b}?", "Is it true that {a} is {rel} {b}?"))
         question = form.format(a=ref_a, rel=phrase, b=ref_b)
         answer = "yes" if truth else "no"
+        if self.spatial_answer == "grounded":
+            box_a, box_b = (format_boxes([self.scene.normalized_box(o)]) for o in (a, b))
+            answer = f"{ref_a}{box_a} is {phrase} {ref_b}{box_b}: {answer}"
         return self._sample(slot, question, TaskKind.IMAGE, "yesno", answer, (a, b), yes_no=truth)
 
     def count(self, slot: int) -> Sample:
@@ -858,7 +873,8 @@ class _SceneSampler:
 
 
 def generate_samples(scene: Scene, tasks: Optional[TaskMix] = None, heldout: Sequence[tuple[str, str]] = DEFAULT_HELDOUT,
-                     variety_seed: Optional[int] = 0, id_prefix: Optional[str] = None) -> list[Sample]:
+                     variety_seed: Optional[int] = 0, id_prefix: Optional[str] = None,
+                     spatial_answer: str = "plain") -> list[Sample]:
     """All samples of one scene, `tasks.total()` of them, in TaskMix field order.
 
     A task that a scene cannot support (e.g. no clear spatial relation) falls back to REC,
@@ -866,7 +882,7 @@ def generate_samples(scene: Scene, tasks: Optional[TaskMix] = None, heldout: Seq
     """
     tasks = tasks or TaskMix()
     sampler = _SceneSampler(scene, np.random.default_rng([scene.seed, 1]), heldout, variety_seed,
-                            id_prefix or f"synthetic/{scene.split}/{scene.seed}")
+                            id_prefix or f"synthetic/{scene.split}/{scene.seed}", spatial_answer)
     makers: dict[str, Callable[[int], Optional[Sample]]] = {
         "caption": sampler.caption, "spatial": sampler.spatial, "count": sampler.count,
         "attribute": sampler.attribute, "rec": sampler.rec, "reg": sampler.reg,
@@ -913,7 +929,7 @@ class SyntheticDataset:
         scene = render_scene(seed, cfg.scene, self.split)
         samples = generate_samples(
             scene, cfg.tasks, cfg.scene.heldout_pairs, cfg.base_seed if cfg.prompt_variety else None,
-            id_prefix=f"synthetic/{self.split}/{self.first_scene + scene_index}",
+            id_prefix=f"synthetic/{self.split}/{self.first_scene + scene_index}", spatial_answer=cfg.spatial_answer,
         )
         self._cache[scene_index] = (scene, samples)
         if len(self._cache) > self._cache_size:
