@@ -6,7 +6,9 @@ compare them? Answers each synthetic spatial question twice:
 - direct: the model's own answer to the question (what lion-eval scores);
 - two-step: the model is asked for the box of each of the two objects (its REC prompt), and the
   relation is decided from those two boxes: left/right by the boxes' centres, in front/behind by
-  their bottom edges (the camera looks down on the table, so nearer objects stand lower).
+  their bottom edges (the camera looks down on the table, so nearer objects stand lower);
+- self-consistent (models trained with `data.synthetic.spatial_answer: grounded`, whose answers
+  write both boxes before the verdict): how often the verdict is what its own two boxes imply.
 
 A two-step accuracy near 1 with a direct one near 0.5 means the model finds both objects and
 the information is there, but its one-token answer does not compose them.
@@ -46,9 +48,9 @@ def relation_from_boxes(relation: str, box_a: tuple[float, ...], box_b: tuple[fl
 
 
 def spatial_two_step(runtime: Any, dataset: SyntheticDataset, settings: Any) -> dict[str, dict[str, float]]:
-    """Per relation kind ("left/right", "depth"): direct and two-step accuracy and their n.
-
-    A question whose boxes the model does not write counts as wrong in the two-step answer."""
+    """Per relation kind ("left/right", "depth"): direct and two-step accuracy, the share of
+    direct answers whose verdict follows their own two boxes (None when no answer wrote two),
+    and n. A question whose boxes the model does not write counts as wrong in the two-step answer."""
     codec = BoxCodec()
     tallies: dict[str, list[int]] = {}
     encoded: Optional[Any] = None
@@ -69,11 +71,16 @@ def spatial_two_step(runtime: Any, dataset: SyntheticDataset, settings: Any) -> 
             boxes.append(found[0][1] if found else None)
         two_step = None not in boxes and relation_from_boxes(relation, *boxes) == sample.yes_no
         kind = "left/right" if relation in ("left", "right") else "depth"
-        tally = tallies.setdefault(kind, [0, 0, 0])
+        tally = tallies.setdefault(kind, [0, 0, 0, 0, 0])
         tally[0] += parse_yes_no(direct) == sample.yes_no
         tally[1] += two_step
         tally[2] += 1
-    return {kind: {"direct": d / n, "two_step": t / n, "n": n} for kind, (d, t, n) in tallies.items()}
+        written = [box for _, box in codec.parse_normalized(direct)]
+        if len(written) == 2:
+            tally[3] += relation_from_boxes(relation, *written) == parse_yes_no(direct)
+            tally[4] += 1
+    return {kind: {"direct": d / n, "two_step": t / n, "self_consistent": c / w if w else None, "n": n}
+            for kind, (d, t, n, c, w) in tallies.items()}
 
 
 def main() -> None:
@@ -94,9 +101,10 @@ def main() -> None:
     config = SyntheticConfig(prompt_variety=False, tasks=TaskMix.only({"spatial": 6}))
     report = spatial_two_step(runtime, SyntheticDataset(args.split, args.scenes, config, cache_size=1),
                               GenerationSettings(num_beams=1, max_new_tokens=120, repetition_penalty=1.0))
-    print("| relation | n | direct answer | two-step (own REC boxes) |\n|---|---|---|---|")
+    print("| relation | n | direct answer | two-step (own REC boxes) | verdict follows its own boxes |\n|---|---|---|---|---|")
     for kind, row in sorted(report.items()):
-        print(f"| {kind} | {row['n']} | {row['direct']:.3f} | {row['two_step']:.3f} |")
+        consistent = "–" if row["self_consistent"] is None else f"{row['self_consistent']:.3f}"
+        print(f"| {kind} | {row['n']} | {row['direct']:.3f} | {row['two_step']:.3f} | {consistent} |")
 
 
 if __name__ == "__main__":
