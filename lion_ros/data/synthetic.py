@@ -165,7 +165,7 @@ class SyntheticConfig:
     prompt_variety: bool = True  # False: always the canonical template of each task
     # "plain": spatial questions are answered "yes"/"no" (VSR). "grounded": the answer first
     # finds both objects, then decides, e.g. "the cup[0.1,..] is left of the ball[0.6,..]: yes",
-    # so the decision reads two boxes the model has just written (MODEL_CARD.md, "Spatial").
+    # so the decision reads two boxes the model has just written (MODEL_CARD.md, "Spatial yes/no").
     spatial_answer: str = "plain"
 
     def __post_init__(self) -> None:
