@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import re
+from collections import Counter
 from typing import Any, Optional
 
 from tqdm import tqdm
@@ -24,18 +25,15 @@ from tqdm import tqdm
 from lion_ros import prompts
 from lion_ros.api import TaskKind
 from lion_ros.boxes import BoxCodec
-from lion_ros.data.synthetic import SyntheticConfig, SyntheticDataset, TaskMix
+from lion_ros.data.synthetic import RELATION_PHRASES, SyntheticConfig, SyntheticDataset, TaskMix
 from lion_ros.eval.metrics import parse_yes_no
 
-_QUESTION = re.compile(
-    r"Is (?:it true that )?(?P<a>the .+?) (?:is )?(?P<phrase>(?:to the )?left of|(?:to the )?right of|in front of|"
-    r"closer to the camera than|behind|farther from the camera than) (?P<b>the .+)\?"
+RELATION_OF_PHRASE = {phrase: relation for relation, phrases in RELATION_PHRASES.items() for phrase in phrases}
+_QUESTION = re.compile(  # the two question forms of the synthetic spatial task
+    r"Is (?:it true that )?(?P<a>the .+?) (?:is )?(?P<phrase>"
+    + "|".join(re.escape(p) for p in sorted(RELATION_OF_PHRASE, key=len, reverse=True))
+    + r") (?P<b>the .+)\?"
 )
-RELATION_OF_PHRASE = {
-    "left of": "left", "to the left of": "left", "right of": "right", "to the right of": "right",
-    "in front of": "front", "closer to the camera than": "front",
-    "behind": "behind", "farther from the camera than": "behind",
-}
 
 
 def relation_from_boxes(relation: str, box_a: tuple[float, ...], box_b: tuple[float, ...]) -> bool:
@@ -52,7 +50,7 @@ def spatial_two_step(runtime: Any, dataset: SyntheticDataset, settings: Any) -> 
     direct answers whose verdict follows their own two boxes (None when no answer wrote two),
     and n. A question whose boxes the model does not write counts as wrong in the two-step answer."""
     codec = BoxCodec()
-    tallies: dict[str, list[int]] = {}
+    tallies: dict[str, Counter] = {}
     encoded: Optional[Any] = None
     current = None
     for sample in tqdm(dataset, desc="spatial", unit="q"):
@@ -63,25 +61,27 @@ def spatial_two_step(runtime: Any, dataset: SyntheticDataset, settings: Any) -> 
             encoded, current = runtime.encode_image(sample.image), id(sample.image)
         relation = RELATION_OF_PHRASE[match["phrase"]]
         direct = runtime.answer(encoded, sample.question, tags=sample.tags, task=sample.task, settings=settings).text
+        verdict = parse_yes_no(direct)
         boxes = []
         for ref in (match["a"], match["b"]):
             text = runtime.answer(encoded, prompts.rec_prompt(ref), tags=sample.tags, task=TaskKind.REGION,
                                   settings=settings).text
             found = codec.parse_normalized(text)
             boxes.append(found[0][1] if found else None)
-        two_step = None not in boxes and relation_from_boxes(relation, *boxes) == sample.yes_no
         kind = "left/right" if relation in ("left", "right") else "depth"
-        tally = tallies.setdefault(kind, [0, 0, 0, 0, 0])
-        tally[0] += parse_yes_no(direct) == sample.yes_no
-        tally[1] += two_step
-        tally[2] += 1
+        tally = tallies.setdefault(kind, Counter())
+        tally["n"] += 1
+        tally["direct"] += verdict == sample.yes_no
+        tally["two_step"] += None not in boxes and relation_from_boxes(relation, *boxes) == sample.yes_no
         written = [box for _, box in codec.parse_normalized(direct)]
         if len(written) == 2:
-            tally[3] += relation_from_boxes(relation, *written) == parse_yes_no(direct)
-            tally[4] += 1
-    return {kind: {"direct": d / n, "two_step": t / n, "self_consistent": c / w if w else None, "n": n}
-            for kind, (d, t, n, c, w) in tallies.items()}
-
+            tally["wrote_two"] += 1
+            tally["consistent"] += relation_from_boxes(relation, *written) == verdict
+    return {
+        kind: {"direct": t["direct"] / t["n"], "two_step": t["two_step"] / t["n"], "n": t["n"],
+               "self_consistent": t["consistent"] / t["wrote_two"] if t["wrote_two"] else None}
+        for kind, t in tallies.items()
+    }
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])

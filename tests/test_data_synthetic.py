@@ -12,6 +12,7 @@ from lion_ros.data.synthetic import (
     COLOURS,
     DEFAULT_HELDOUT,
     PLURALS,
+    RELATION_PHRASES,
     SIZES,
     SceneConfig,
     SyntheticConfig,
@@ -338,8 +339,6 @@ def test_geometry_patch_labels_give_box_digits_depth_rank_and_counts():
 
 
 def test_evidence_boxes_are_the_objects_each_answer_is_about():
-    from lion_ros.data.synthetic import _RELATIONS
-
     ds = SyntheticDataset("train", 30)
     checked: dict[str, int] = {}
     for i in range(ds.num_scenes):
@@ -351,7 +350,7 @@ def test_evidence_boxes_are_the_objects_each_answer_is_about():
                 assert sorted(s.evidence) == sorted(by_box)
             elif s.task_name == "yesno":
                 a, b = about
-                rel = next(r for r, phrases in _RELATIONS.items() if any(f" {p} " in s.question for p in phrases))
+                rel = next(r for r, phrases in RELATION_PHRASES.items() if any(f" {p} " in s.question for p in phrases))
                 assert spatial_relation(rel, a, b) is s.yes_no
             elif s.task_name == "count":
                 assert len(about) == s.count
@@ -399,15 +398,15 @@ def test_patch_mask_marks_the_patches_whose_centre_is_in_a_box():
 def test_grounded_spatial_answers_write_both_boxes_before_the_verdict():
     plain = SyntheticConfig(tasks=TaskMix.only({"spatial": 4}))
     grounded = SyntheticConfig(tasks=TaskMix.only({"spatial": 4}), spatial_answer="grounded")
+    relations = "|".join(sorted((p for phrases in RELATION_PHRASES.values() for p in phrases), key=len, reverse=True))
     verdicts = set()
     for p, g in zip(SyntheticDataset("train", 6, plain), SyntheticDataset("train", 6, grounded)):
         assert (p.question, p.yes_no, p.evidence) == (g.question, g.yes_no, g.evidence)  # same questions
         if p.task_name != "yesno":  # a scene without a clear relation falls back to REC
             continue
         assert p.answer in ("yes", "no")
-        ref_a, phrase, ref_b = re.fullmatch(r"Is (?:it true that )?(the .+?) (?:is )?((?:to the )?(?:left|right) of|"
-                                            r"in front of|behind|closer to the camera than|farther from the camera "
-                                            r"than) (the .+)\?", g.question).groups()
+        ref_a, phrase, ref_b = re.fullmatch(rf"Is (?:it true that )?(the .+?) (?:is )?({relations}) (the .+)\?",
+                                            g.question).groups()
         pattern = rf"{re.escape(ref_a)}\[({BOX})\] is {phrase} {re.escape(ref_b)}\[({BOX})\]: {p.answer}"
         match = re.fullmatch(pattern, g.answer)
         assert match, g.answer

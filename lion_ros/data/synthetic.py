@@ -650,7 +650,7 @@ def patch_mask(boxes: Sequence[Box], grid: int) -> np.ndarray:
 # ---------------------------------------------------------------------------------------
 
 _ATTR_FORMS: tuple[tuple[str, ...], ...] = ((), ("colour",), ("size",), ("size", "colour"))
-_RELATIONS: dict[str, tuple[str, ...]] = {
+RELATION_PHRASES: dict[str, tuple[str, ...]] = {
     "left": ("left of", "to the left of"),
     "right": ("right of", "to the right of"),
     "front": ("in front of", "closer to the camera than"),
@@ -767,7 +767,7 @@ class _SceneSampler:
             for b in self.objs:
                 if a is b:
                     continue
-                for rel in _RELATIONS:
+                for rel in RELATION_PHRASES:
                     truth = spatial_relation(rel, a, b)
                     if truth is not None:
                         candidates[truth].append((a, b, rel))
@@ -777,7 +777,7 @@ class _SceneSampler:
         a, b, rel = self._choice(pool)
         truth = bool(spatial_relation(rel, a, b))
         ref_a, ref_b = self._ref(a), self._ref(b)
-        phrase = self._choice(_RELATIONS[rel])
+        phrase = self._choice(RELATION_PHRASES[rel])
         form = self._choice(("Is {a} {rel} {b}?", "Is it true that {a} is {rel} {b}?"))
         question = form.format(a=ref_a, rel=phrase, b=ref_b)
         answer = "yes" if truth else "no"
@@ -836,11 +836,11 @@ class _SceneSampler:
         for anchor in self.objs:
             if anchor.category == target.category:
                 continue  # "the cup left of the cup" reads badly
-            for rel in _RELATIONS:
+            for rel in RELATION_PHRASES:
                 if spatial_relation(rel, target, anchor) is not True:
                     continue
                 if all(spatial_relation(rel, o, anchor) is False for o in same):
-                    out.append(f"the {target.category} {self._choice(_RELATIONS[rel])} {self._ref(anchor)}")
+                    out.append(f"the {target.category} {self._choice(RELATION_PHRASES[rel])} {self._ref(anchor)}")
         return out
 
     def rec(self, slot: int) -> Sample:

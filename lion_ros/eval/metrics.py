@@ -202,15 +202,12 @@ def vqa_score(predictions: Sequence[str], references: Sequence[Sequence[str]]) -
 # ---------------------------------------------------------------------------------------
 
 
-_BOX_SPAN = re.compile(r"\[[^\]]*\]")
-
-
 def parse_yes_no(text: str) -> bool:
     """POPE's rule: look at the first sentence; any "no"/"not" means no, otherwise yes.
 
     Boxes are dropped first: their decimal points are not sentence ends (a grounded answer,
     "the cup[0.12,0.40,0.31,0.77] is left of the ball[...]: no", is one sentence)."""
-    text = _BOX_SPAN.sub(" ", text)
+    text = _BRACKET.sub(" ", text)
     first = text.split(".")[0] if "." in text else text
     words = re.findall(r"[a-z']+", first.lower())
     return not ("no" in words or "not" in words)
