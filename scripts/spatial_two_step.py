@@ -7,8 +7,9 @@ compare them? Answers each synthetic spatial question twice:
 - two-step: the model is asked for the box of each of the two objects (its REC prompt), and the
   relation is decided from those two boxes: left/right by the boxes' centres, in front/behind by
   their bottom edges (the camera looks down on the table, so nearer objects stand lower);
-- self-consistent (models trained with `data.synthetic.spatial_answer: grounded`, whose answers
-  write both boxes before the verdict): how often the verdict is what its own two boxes imply.
+- self-consistent (models trained with `data.synthetic.spatial_answer: grounded` or `reasoned`,
+  whose answers write both boxes or both coordinates before the verdict): how often the verdict
+  is what its own written evidence implies.
 
 A two-step accuracy near 1 with a direct one near 0.5 means the model finds both objects and
 the information is there, but its one-token answer does not compose them.
@@ -45,9 +46,25 @@ def relation_from_boxes(relation: str, box_a: tuple[float, ...], box_b: tuple[fl
     return a_nearer == (relation == "front")
 
 
+_REASONED = re.compile(r".* (?P<a>\d+), .* (?P<b>\d+): (?:left|right|front|behind), (?:yes|no)")
+
+
+def verdict_from_own_evidence(relation: str, answer: str, codec: BoxCodec) -> Optional[bool]:
+    """The verdict a grounded or reasoned answer's own evidence implies, None if it has none:
+    two boxes (grounded) or two 0-99 coordinates (reasoned: centres across, bottom edges down)."""
+    reasoned = _REASONED.fullmatch(answer)
+    if reasoned:
+        a, b = int(reasoned["a"]), int(reasoned["b"])
+        if relation in ("left", "right"):
+            return (a < b) == (relation == "left")
+        return (a > b) == (relation == "front")
+    boxes = [box for _, box in codec.parse_normalized(answer)]
+    return relation_from_boxes(relation, *boxes) if len(boxes) == 2 else None
+
+
 def spatial_two_step(runtime: Any, dataset: SyntheticDataset, settings: Any) -> dict[str, dict[str, float]]:
     """Per relation kind ("left/right", "depth"): direct and two-step accuracy, the share of
-    direct answers whose verdict follows their own two boxes (None when no answer wrote two),
+    direct answers whose verdict follows their own written evidence (None when no answer wrote any),
     and n. A question whose boxes the model does not write counts as wrong in the two-step answer."""
     codec = BoxCodec()
     tallies: dict[str, Counter] = {}
@@ -73,13 +90,13 @@ def spatial_two_step(runtime: Any, dataset: SyntheticDataset, settings: Any) -> 
         tally["n"] += 1
         tally["direct"] += verdict == sample.yes_no
         tally["two_step"] += None not in boxes and relation_from_boxes(relation, *boxes) == sample.yes_no
-        written = [box for _, box in codec.parse_normalized(direct)]
-        if len(written) == 2:
-            tally["wrote_two"] += 1
-            tally["consistent"] += relation_from_boxes(relation, *written) == verdict
+        implied = verdict_from_own_evidence(relation, direct, codec)
+        if implied is not None:
+            tally["wrote_evidence"] += 1
+            tally["consistent"] += implied == verdict
     return {
         kind: {"direct": t["direct"] / t["n"], "two_step": t["two_step"] / t["n"], "n": t["n"],
-               "self_consistent": t["consistent"] / t["wrote_two"] if t["wrote_two"] else None}
+               "self_consistent": t["consistent"] / t["wrote_evidence"] if t["wrote_evidence"] else None}
         for kind, t in tallies.items()
     }
 
@@ -101,7 +118,7 @@ def main() -> None:
     config = SyntheticConfig(prompt_variety=False, tasks=TaskMix.only({"spatial": 6}))
     report = spatial_two_step(runtime, SyntheticDataset(args.split, args.scenes, config, cache_size=1),
                               GenerationSettings(num_beams=1, max_new_tokens=120, repetition_penalty=1.0))
-    print("| relation | n | direct answer | two-step (own REC boxes) | verdict follows its own boxes |\n|---|---|---|---|---|")
+    print("| relation | n | direct answer | two-step (own REC boxes) | verdict follows its own evidence |\n|---|---|---|---|---|")
     for kind, row in sorted(report.items()):
         consistent = "–" if row["self_consistent"] is None else f"{row['self_consistent']:.3f}"
         print(f"| {kind} | {row['n']} | {row['direct']:.3f} | {row['two_step']:.3f} | {consistent} |")

@@ -417,3 +417,55 @@ def test_grounded_spatial_answers_write_both_boxes_before_the_verdict():
     assert verdicts == {"yes", "no"}
     with pytest.raises(ValueError, match="spatial_answer"):
         SyntheticConfig(spatial_answer="boxes")
+
+
+def test_spatial_relations_restricts_the_relations_asked_and_keeps_the_labels_right():
+    only_left = SyntheticConfig.from_dict({"tasks": {"spatial": 4}, "spatial_relations": ["left"]})
+    assert only_left.spatial_relations == ("left",)
+    left_phrases = "|".join(sorted(RELATION_PHRASES["left"], key=len, reverse=True))
+    verdicts = set()
+    for s in SyntheticDataset("train", 8, only_left):
+        if s.task_name != "yesno":
+            continue
+        assert re.fullmatch(rf"Is (?:it true that )?the .+? (?:is )?(?:{left_phrases}) the .+\?", s.question), s.question
+        (ax0, _, ax1, _), (bx0, _, bx1, _) = s.evidence
+        assert ((ax0 + ax1) < (bx0 + bx1)) is s.yes_no  # the first object's centre is the left one
+        verdicts.add(s.yes_no)
+    assert verdicts == {True, False}
+    # The default asks about all four relations and leaves the data as it was.
+    every = SyntheticConfig(tasks=TaskMix.only({"spatial": 4}), spatial_relations=tuple(RELATION_PHRASES))
+    default = SyntheticConfig(tasks=TaskMix.only({"spatial": 4}))
+    assert [s.question for s in SyntheticDataset("train", 4, every)] == \
+        [s.question for s in SyntheticDataset("train", 4, default)]
+    for bad in (["up"], []):
+        with pytest.raises(ValueError, match="spatial_relations"):
+            SyntheticConfig(spatial_relations=bad)
+
+
+def test_reasoned_spatial_answers_write_both_coordinates_the_true_relation_and_the_verdict():
+    plain = SyntheticConfig(tasks=TaskMix.only({"spatial": 4}))
+    reasoned = SyntheticConfig(tasks=TaskMix.only({"spatial": 4}), spatial_answer="reasoned")
+    relations = "|".join(sorted((p for phrases in RELATION_PHRASES.values() for p in phrases), key=len, reverse=True))
+    kinds = set()
+    for p, r in zip(SyntheticDataset("train", 10, plain), SyntheticDataset("train", 10, reasoned)):
+        assert (p.question, p.yes_no, p.evidence) == (r.question, r.yes_no, r.evidence)  # same questions
+        if p.task_name != "yesno":
+            continue
+        ref_a, phrase, ref_b = re.fullmatch(rf"Is (?:it true that )?(the .+?) (?:is )?({relations}) (the .+)\?",
+                                            r.question).groups()
+        match = re.fullmatch(rf"{re.escape(ref_a)} (\d\d), {re.escape(ref_b)} (\d\d): (\w+), {p.answer}", r.answer)
+        assert match, r.answer
+        va, vb, stated = int(match[1]), int(match[2]), match[3]
+        box_a, box_b = r.evidence
+        if "left" in phrase or "right" in phrase:  # centres in percent of the width
+            assert (va, vb) == tuple(round(50 * (box[0] + box[2])) for box in (box_a, box_b))
+            assert stated == ("left" if va < vb else "right")
+            asked = "left" if "left" in phrase else "right"
+        else:  # bottom edges in percent of the height: lower in the image is nearer
+            assert (va, vb) == tuple(round(100 * box[3]) for box in (box_a, box_b))
+            assert stated == ("front" if va > vb else "behind")
+            asked = "front" if phrase in ("in front of", "closer to the camera than") else "behind"
+        assert (stated == asked) is r.yes_no  # the verdict is whether the stated relation is the asked one
+        assert parse_yes_no(r.answer) is r.yes_no
+        kinds.add((asked, r.yes_no))
+    assert len(kinds) == 8  # every relation, answered both ways
