@@ -8,7 +8,7 @@ depth: bottom edge), their difference and the yes/no label from:
 
 - the aggregator tokens over each object's own patches (the control: the position is there);
 - the T5 encoder's question tokens, averaged, and its last question token;
-- the decoder's hidden state before each layer and after the last, at the first answer step
+- the decoder's input embedding and its hidden state after each layer, at the first answer step
   (where a plain yes/no model writes its verdict).
 
 R² near 0 in the decoder with a high control means the answer never looks the objects up.
@@ -79,8 +79,8 @@ def answer_states(lion: LionModel, tokenizers: LionTokenizers, scenes: Synthetic
                 torch.cat([patches[object_patches(box, grid)].mean(0) for box in q.evidence]) for q in questions],
             "encoder: question tokens, mean": (text * text_mask).sum(1) / text_mask.sum(1),
             "encoder: last question token": text[torch.arange(len(questions)), batch.attention_mask.sum(1) - 1],
-            **{f"decoder: layer {i} input" if i < len(decoder.hidden_states) - 1 else "decoder: output":
-               h[:, 0] for i, h in enumerate(decoder.hidden_states)},
+            **{f"decoder: after layer {i}" if i else "decoder: input embedding": h[:, 0]
+               for i, h in enumerate(decoder.hidden_states)},
         }
         for name, values in rows.items():
             features.setdefault(name, []).extend(v.float().numpy() for v in values)

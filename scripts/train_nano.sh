@@ -7,8 +7,10 @@
 #   aggregator branch) -> stage 3 (hand-over, both branches) -> lion-eval on test + compositional
 #
 # --gpu runs stage 0 on a CUDA GPU instead of the CPU: nano-stage0-gpu.yaml, then its warm restart
-# nano-stage0-gpu-restart.yaml (10 minutes on an H200; the shipped model was trained so), with
-# the shipped vocabularies in every stage; stages 1-3 and the evaluation are the same.
+# nano-stage0-gpu-restart.yaml (10 minutes on an H200), then nano-stage0-reasoned.yaml and its
+# restart (40 + 25 minutes; they ran on 2 CPU cores), which teach the reasoned spatial answers the
+# GPU runs did not train; the shipped model was trained so. The shipped vocabularies are used in
+# every stage; stages 1-3 and the evaluation are the same.
 # --baseline also trains the one-stage comparison (nano-mixed.yaml: stage 3's trainable set from
 # the stage-0 weights, as many samples as stages 1-3 together) alongside stages 1-3 and
 # evaluates it. --stage0b inserts stage 0b (geometry and count labels under every patch) after
@@ -32,7 +34,7 @@ while [[ $# -gt 0 ]]; do
     --stage0b) stage0b=1 ;;
     --eval-scenes) eval_scenes="$2"; shift ;;
     --ship) ship=1 ;;
-    -h|--help) sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
   shift
@@ -68,11 +70,14 @@ vocab=()  # the GPU stage 0 uses the shipped vocabularies; the stages after it m
 if [[ $gpu == 1 ]]; then
   stage stage0-gpu 1
   stage stage0-gpu-restart 1
+  stage stage0-reasoned 1
+  stage stage0-reasoned-restart 1
   vocab=("model.tokenizer_dir=lion_ros/assets/lion-nano")
+  from=("${vocab[@]}" "init.path=$runs/stage0-reasoned-restart/model")
 else
   stage stage0 2  # two 1-thread processes beat one 2-thread process on 2 cores
+  from=()
 fi
-from=("${vocab[@]}")
 if [[ $stage0b == 1 ]]; then
   stage stage0b 1 "${vocab[@]}"
   from+=("init.path=$runs/stage0b/model")

@@ -153,7 +153,7 @@ def test_verdict_from_own_evidence_reads_reasoned_and_grounded_answers() -> None
     assert two_step.verdict_from_own_evidence("left", "yes", codec) is None  # nothing written to follow
 
 
-def test_spatial_two_step_finds_both_objects_on_the_shipped_nano() -> None:
+def test_shipped_nano_finds_both_objects_and_its_verdicts_follow_its_own_coordinates() -> None:
     from lion_ros.data.synthetic import SyntheticConfig, SyntheticDataset, TaskMix
     from lion_ros.runtime.backends import load_runtime
     from lion_ros.runtime.base import GenerationSettings
@@ -162,11 +162,12 @@ def test_spatial_two_step_finds_both_objects_on_the_shipped_nano() -> None:
     runtime = load_runtime("pytorch", str(NANO), "cpu", threads=1)
     config = SyntheticConfig(prompt_variety=False, tasks=TaskMix.only({"spatial": 6}))
     report = two_step.spatial_two_step(runtime, SyntheticDataset("test", 4, config, cache_size=1),
-                                       GenerationSettings(num_beams=1, max_new_tokens=120))
+                                       GenerationSettings(num_beams=1, max_new_tokens=120, repetition_penalty=1.0))
     assert set(report) == {"left/right", "depth"} and sum(row["n"] for row in report.values()) >= 20
-    # Measured on 30 test scenes: two-step 0.989 / 1.000, direct 0.558 / 0.565 (MODEL_CARD.md).
+    # Measured on 30 test scenes (MODEL_CARD.md): two-step 0.989 / 1.000; the reasoned answers'
+    # verdicts follow their own written coordinates 0.968 / 0.988 (left-right / depth).
     assert all(row["two_step"] >= 0.85 for row in report.values())
-    assert all(row["self_consistent"] is None for row in report.values())  # plain yes/no: no boxes to follow
+    assert all(row["self_consistent"] is not None and row["self_consistent"] >= 0.8 for row in report.values())
 
 
 def test_position_probe_recovers_a_linear_target_and_finds_positions_in_the_aggregator() -> None:

@@ -248,6 +248,11 @@ def test_every_packaged_training_config_loads() -> None:
     assert {f.format for f in configs["stage1.yaml"].data.files} == {"coco_captions", "vqav2", "okvqa", "aokvqa", "gqa"}
     assert {f.format for f in configs["stage2.yaml"].data.files} == {"refcoco", "refcoco+", "refcocog", "visual_genome"}
     assert configs["stage3.yaml"].data.files == configs["stage1.yaml"].data.files + configs["stage2.yaml"].data.files
+    # nano answers spatial questions in the reasoned form in every stage after its GPU stage 0
+    # (trained with plain yes/no before the form existed), so no stage undoes another's answers.
+    nano = [name for name in names if name.startswith("nano-")]
+    assert {name for name in nano if configs[name].data.synthetic.spatial_answer != "reasoned"} == {
+        "nano-stage0-gpu.yaml", "nano-stage0-gpu-restart.yaml"}
 
 
 def test_finetune_config_continues_the_shipped_nano_on_coco_labels(tmp_path: Path) -> None:
