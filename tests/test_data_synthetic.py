@@ -395,18 +395,25 @@ def test_patch_mask_marks_the_patches_whose_centre_is_in_a_box():
     np.testing.assert_array_equal(on_objects, patch_labels(scene, grid)[:, 0] > 0)  # the same patches
 
 
-def test_grounded_spatial_answers_write_both_boxes_before_the_verdict():
-    plain = SyntheticConfig(tasks=TaskMix.only({"spatial": 4}))
-    grounded = SyntheticConfig(tasks=TaskMix.only({"spatial": 4}), spatial_answer="grounded")
+def spatial_pairs(answer_form: str, scenes: int):
+    """(plain sample, the same question answered in `answer_form`, ref_a, phrase, ref_b) for the
+    spatial questions of `scenes` train scenes; both forms must ask exactly the same questions."""
     relations = "|".join(sorted((p for phrases in RELATION_PHRASES.values() for p in phrases), key=len, reverse=True))
-    verdicts = set()
-    for p, g in zip(SyntheticDataset("train", 6, plain), SyntheticDataset("train", 6, grounded)):
-        assert (p.question, p.yes_no, p.evidence) == (g.question, g.yes_no, g.evidence)  # same questions
+    plain = SyntheticConfig(tasks=TaskMix.only({"spatial": 4}))
+    other = SyntheticConfig(tasks=TaskMix.only({"spatial": 4}), spatial_answer=answer_form)
+    for p, o in zip(SyntheticDataset("train", scenes, plain), SyntheticDataset("train", scenes, other)):
+        assert (p.question, p.yes_no, p.evidence) == (o.question, o.yes_no, o.evidence)  # same questions
         if p.task_name != "yesno":  # a scene without a clear relation falls back to REC
             continue
         assert p.answer in ("yes", "no")
         ref_a, phrase, ref_b = re.fullmatch(rf"Is (?:it true that )?(the .+?) (?:is )?({relations}) (the .+)\?",
-                                            g.question).groups()
+                                            o.question).groups()
+        yield p, o, ref_a, phrase, ref_b
+
+
+def test_grounded_spatial_answers_write_both_boxes_before_the_verdict():
+    verdicts = set()
+    for p, g, ref_a, phrase, ref_b in spatial_pairs("grounded", 6):
         pattern = rf"{re.escape(ref_a)}\[({BOX})\] is {phrase} {re.escape(ref_b)}\[({BOX})\]: {p.answer}"
         match = re.fullmatch(pattern, g.answer)
         assert match, g.answer
@@ -443,16 +450,8 @@ def test_spatial_relations_restricts_the_relations_asked_and_keeps_the_labels_ri
 
 
 def test_reasoned_spatial_answers_write_both_coordinates_the_true_relation_and_the_verdict():
-    plain = SyntheticConfig(tasks=TaskMix.only({"spatial": 4}))
-    reasoned = SyntheticConfig(tasks=TaskMix.only({"spatial": 4}), spatial_answer="reasoned")
-    relations = "|".join(sorted((p for phrases in RELATION_PHRASES.values() for p in phrases), key=len, reverse=True))
     kinds = set()
-    for p, r in zip(SyntheticDataset("train", 10, plain), SyntheticDataset("train", 10, reasoned)):
-        assert (p.question, p.yes_no, p.evidence) == (r.question, r.yes_no, r.evidence)  # same questions
-        if p.task_name != "yesno":
-            continue
-        ref_a, phrase, ref_b = re.fullmatch(rf"Is (?:it true that )?(the .+?) (?:is )?({relations}) (the .+)\?",
-                                            r.question).groups()
+    for p, r, ref_a, phrase, ref_b in spatial_pairs("reasoned", 10):
         match = re.fullmatch(rf"{re.escape(ref_a)} (\d\d), {re.escape(ref_b)} (\d\d): (\w+), {p.answer}", r.answer)
         assert match, r.answer
         va, vb, stated = int(match[1]), int(match[2]), match[3]
