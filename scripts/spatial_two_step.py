@@ -37,13 +37,19 @@ _QUESTION = re.compile(  # the two question forms of the synthetic spatial task
 )
 
 
+def relation_from_coordinates(relation: str, a: float, b: float) -> bool:
+    """Whether object a is `relation` of object b, from their coordinates on the relation's axis:
+    horizontal centres for left/right (smaller = left), bottom edges for front/behind (larger =
+    nearer)."""
+    if relation in ("left", "right"):
+        return (a < b) == (relation == "left")
+    return (a > b) == (relation == "front")
+
+
 def relation_from_boxes(relation: str, box_a: tuple[float, ...], box_b: tuple[float, ...]) -> bool:
     """Whether object a is `relation` of object b, judged from their normalized boxes only."""
-    if relation in ("left", "right"):
-        a_left = box_a[0] + box_a[2] < box_b[0] + box_b[2]
-        return a_left == (relation == "left")
-    a_nearer = box_a[3] > box_b[3]
-    return a_nearer == (relation == "front")
+    axis = (lambda box: box[0] + box[2]) if relation in ("left", "right") else (lambda box: box[3])
+    return relation_from_coordinates(relation, axis(box_a), axis(box_b))
 
 
 _REASONED = re.compile(r".* (?P<a>\d+), .* (?P<b>\d+): (?:left|right|front|behind), (?:yes|no)")
@@ -54,10 +60,7 @@ def verdict_from_own_evidence(relation: str, answer: str, codec: BoxCodec) -> Op
     two boxes (grounded) or two 0-99 coordinates (reasoned: centres across, bottom edges down)."""
     reasoned = _REASONED.fullmatch(answer)
     if reasoned:
-        a, b = int(reasoned["a"]), int(reasoned["b"])
-        if relation in ("left", "right"):
-            return (a < b) == (relation == "left")
-        return (a > b) == (relation == "front")
+        return relation_from_coordinates(relation, int(reasoned["a"]), int(reasoned["b"]))
     boxes = [box for _, box in codec.parse_normalized(answer)]
     return relation_from_boxes(relation, *boxes) if len(boxes) == 2 else None
 
