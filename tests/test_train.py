@@ -103,6 +103,31 @@ def test_overrides_read_exponent_numbers_as_numbers(tmp_path: Path) -> None:
         TrainConfig.load(path, ["optim.lr=fast"])
 
 
+def test_a_config_extends_its_base_section_by_section(tmp_path: Path) -> None:
+    (tmp_path / "base.yaml").write_text(
+        "stage: stage0\n"
+        "data:\n  synthetic: {tasks: {caption: 1, spatial: 4, rec: 4}}\n  images_per_batch: 16\n"
+        "optim: {lr: 1e-4, steps: 100}\nrun: {seed: 0, output_dir: runs/base}\n")
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "runs" / "next.yaml").write_text(
+        "extends: ../base.yaml\ndata: {synthetic: {tasks: {rec: 6}}}\nrun: {seed: 3}\n")
+    config = TrainConfig.load(tmp_path / "runs" / "next.yaml", ["optim.steps=7"])
+    assert config.data.synthetic.tasks.rec == 6 and config.data.synthetic.tasks.spatial == 4
+    assert config.data.images_per_batch == 16 and config.optim.lr == 1e-4 and config.optim.steps == 7
+    assert (config.run.seed, config.run.output_dir) == (3, "runs/base")
+
+    (tmp_path / "a.yaml").write_text("extends: b.yaml\n")
+    (tmp_path / "b.yaml").write_text("extends: a.yaml\n")
+    with pytest.raises(ValueError, match="makes a cycle: a.yaml -> b.yaml"):
+        TrainConfig.load(tmp_path / "a.yaml")
+    (tmp_path / "orphan.yaml").write_text("extends: gone.yaml\n")
+    with pytest.raises(FileNotFoundError, match="gone.yaml does not exist \\(extended by .*orphan.yaml\\)"):
+        TrainConfig.load(tmp_path / "orphan.yaml")
+    (tmp_path / "listed.yaml").write_text("extends: [base.yaml]\n")
+    with pytest.raises(ValueError, match="extends must be a file name"):
+        TrainConfig.load(tmp_path / "listed.yaml")
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device: the CUDA training path needs a GPU")
 def test_stage0_trains_on_cuda_with_bf16_and_dense_supervision(tokenizer_dir: Path, tmp_path: Path) -> None:

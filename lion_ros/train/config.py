@@ -1,7 +1,9 @@
 """Training configuration: one YAML file per stage, loaded into these dataclasses.
 
-Command-line overrides use dotted keys (`optim.lr=3e-4 run.output_dir=runs/x`); values are
-parsed as YAML so numbers, booleans and lists keep their types.
+A file may start from another with `extends: base.yaml` (a path relative to the file): its own
+keys are merged over the base's, section by section, so a run that changes three settings of
+another says only those three. Command-line overrides use dotted keys (`optim.lr=3e-4
+run.output_dir=runs/x`); values are parsed as YAML so numbers, booleans and lists keep their types.
 """
 from __future__ import annotations
 
@@ -231,13 +233,44 @@ class TrainConfig:
 
     @classmethod
     def load(cls, path: str | Path, overrides: Sequence[str] = ()) -> "TrainConfig":
-        data = yaml.safe_load(Path(path).read_text()) or {}
+        data = read_config_file(Path(path))
         for item in overrides:
             apply_override(data, item)
         return cls.from_dict(data)
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+
+def read_config_file(path: Path, _chain: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """A config file as a dict, with the file it `extends` (and that file's base) merged under it."""
+    if not path.is_file():
+        raise FileNotFoundError(f"training config {path} does not exist" + (
+            f" (extended by {_chain[-1]})" if _chain else ""))
+    data = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(data, dict):
+        raise ValueError(f"training config {path} is not a mapping of sections")
+    base = data.pop("extends", None)
+    if base is None:
+        return data
+    if not isinstance(base, str) or not base:
+        raise ValueError(f"{path}: extends must be a file name, got {base!r}")
+    chain = (*_chain, path.resolve())
+    base_path = (path.parent / base).resolve()
+    if base_path in chain:
+        raise ValueError(f"{path}: extends {base} makes a cycle: {' -> '.join(p.name for p in chain)}")
+    return _merge(read_config_file(base_path, chain), data)
+
+
+def _merge(base: dict[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
+    """`top` over `base`: mappings merge key by key, anything else (lists included) replaces."""
+    merged = dict(base)
+    for key, value in top.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = _merge(dict(merged[key]), value)
+        else:
+            merged[key] = value
+    return merged
 
 
 def apply_override(data: dict[str, Any], item: str) -> None:
