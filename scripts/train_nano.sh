@@ -7,8 +7,8 @@
 #   aggregator branch) -> stage 3 (hand-over, both branches) -> lion-eval on test + compositional
 #
 # --gpu runs stage 0 on a CUDA GPU instead of the CPU: nano-stage0-gpu.yaml, then its warm restart
-# nano-stage0-gpu-restart.yaml (10 minutes on an H200), then nano-stage0-reasoned.yaml and its three
-# warm restarts (40 + 25 + 50 + 30 minutes; they ran on 2 CPU cores), which teach the reasoned spatial
+# nano-stage0-gpu-restart.yaml (10 minutes on an H200), then nano-stage0-reasoned.yaml and its four
+# warm restarts (40 + 25 + 50 + 30 + 60 minutes; they ran on 2 CPU cores), which teach the reasoned spatial
 # answers the GPU runs did not train; the shipped model was trained so. The shipped vocabularies are used in
 # every stage; stages 1-3 and the evaluation are the same.
 # --baseline also trains the one-stage comparison (nano-mixed.yaml: stage 3's trainable set from
@@ -74,8 +74,9 @@ if [[ $gpu == 1 ]]; then
   stage stage0-reasoned-restart 1
   stage stage0-reasoned-restart2 1
   stage stage0-reasoned-restart3 1
+  stage stage0-reasoned-restart4 1
   vocab=("model.tokenizer_dir=lion_ros/assets/lion-nano")
-  from=("${vocab[@]}" "init.path=$runs/stage0-reasoned-restart3/model")
+  from=("${vocab[@]}" "init.path=$runs/stage0-reasoned-restart4/model")
 else
   stage stage0 2  # two 1-thread processes beat one 2-thread process on 2 cores
   from=()
