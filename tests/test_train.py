@@ -110,15 +110,16 @@ def test_a_config_extends_its_base_section_by_section(tmp_path: Path) -> None:
         "optim: {lr: 1e-4, steps: 100}\nrun: {seed: 0, output_dir: runs/base}\n")
     (tmp_path / "runs").mkdir()
     (tmp_path / "runs" / "next.yaml").write_text(
-        "extends: ../base.yaml\ndata: {synthetic: {tasks: {rec: 6}}}\nrun: {seed: 3}\n")
+        "extends: ../base.yaml\ndata: {synthetic: {tasks: {rec: 6, caption: 0}}}\nrun: {seed: 3}\n")
     config = TrainConfig.load(tmp_path / "runs" / "next.yaml", ["optim.steps=7"])
     assert config.data.synthetic.tasks.rec == 6 and config.data.synthetic.tasks.spatial == 4
+    assert config.data.synthetic.tasks.caption == 0  # a 0 drops a task the base trains
     assert config.data.images_per_batch == 16 and config.optim.lr == 1e-4 and config.optim.steps == 7
     assert (config.run.seed, config.run.output_dir) == (3, "runs/base")
 
     (tmp_path / "a.yaml").write_text("extends: b.yaml\n")
     (tmp_path / "b.yaml").write_text("extends: a.yaml\n")
-    with pytest.raises(ValueError, match="makes a cycle: a.yaml -> b.yaml"):
+    with pytest.raises(ValueError, match="makes a cycle: a.yaml -> b.yaml -> a.yaml"):
         TrainConfig.load(tmp_path / "a.yaml")
     (tmp_path / "orphan.yaml").write_text("extends: gone.yaml\n")
     with pytest.raises(FileNotFoundError, match="gone.yaml does not exist \\(extended by .*orphan.yaml\\)"):

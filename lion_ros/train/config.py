@@ -258,16 +258,17 @@ def read_config_file(path: Path, _chain: tuple[Path, ...] = ()) -> dict[str, Any
     chain = (*_chain, path.resolve())
     base_path = (path.parent / base).resolve()
     if base_path in chain:
-        raise ValueError(f"{path}: extends {base} makes a cycle: {' -> '.join(p.name for p in chain)}")
+        loop = " -> ".join(p.name for p in (*chain, base_path))
+        raise ValueError(f"{path}: extends {base} makes a cycle: {loop}")
     return _merge(read_config_file(base_path, chain), data)
 
 
-def _merge(base: dict[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
+def _merge(base: Mapping[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
     """`top` over `base`: mappings merge key by key, anything else (lists included) replaces."""
     merged = dict(base)
     for key, value in top.items():
         if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
-            merged[key] = _merge(dict(merged[key]), value)
+            merged[key] = _merge(merged[key], value)
         else:
             merged[key] = value
     return merged
