@@ -9,16 +9,19 @@
 # --gpu runs stage 0 on a CUDA GPU instead of the CPU: nano-stage0-gpu.yaml, then its warm restart
 # nano-stage0-gpu-restart.yaml (10 minutes on an H200), then nano-stage0-reasoned.yaml and its four
 # warm restarts (40 + 25 + 50 + 30 + 60 minutes; they ran on 2 CPU cores), which teach the reasoned spatial
-# answers the GPU runs did not train; the shipped model was trained so. The shipped vocabularies are used in
-# every stage; stages 1-3 and the evaluation are the same.
+# answers the GPU runs did not train, then a first pass of stages 1-3, a sixth reasoned run from
+# that pass's stage 3 (nano-stage0-reasoned-restart5.yaml, 60 minutes) and the second pass of
+# stages 1-3 (runs/nano/pass2/), which is evaluated and shipped; the shipped model was trained so.
+# The shipped vocabularies are used in every stage; stages 1-3 and the evaluation are the same.
 # --baseline also trains the one-stage comparison (nano-mixed.yaml: stage 3's trainable set from
 # the stage-0 weights, as many samples as stages 1-3 together) alongside stages 1-3 and
 # evaluates it. --stage0b inserts stage 0b (geometry and count labels under every patch) after
 # stage 0 and starts stages 1, 2 and the baseline from it (measured: no better; MODEL_CARD.md).
 # --ship copies the stage-3 model and its evaluation (metrics + predictions, which
 # tests/test_model_card.py checks the card and lion-eval against) into lion_ros/assets/lion-nano.
-# Logs: runs/nano/<stage>.log; models: runs/nano/<stage>/model. Every stage resumes from its
-# latest checkpoint, so an interrupted run continues where it stopped.
+# Logs: runs/nano/<stage>.log; models: runs/nano/<stage>/model (runs/nano/pass2/<stage> for the
+# second pass). Every stage resumes from its latest checkpoint, so an interrupted run continues
+# where it stopped.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -34,7 +37,7 @@ while [[ $# -gt 0 ]]; do
     --stage0b) stage0b=1 ;;
     --eval-scenes) eval_scenes="$2"; shift ;;
     --ship) ship=1 ;;
-    -h|--help) sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
   shift
@@ -46,26 +49,44 @@ configs=lion_ros/configs/train
 runs=runs/nano
 mkdir -p "$runs"
 
+pass=""  # where stages 1-3 write under runs/nano: "" for the first pass, "pass2/" for --gpu's second
+
 stage() {  # stage NAME PROCESSES [key=value ...]: train one stage (PROCESSES > 1: DDP under torchrun),
-           # log to runs/nano/NAME.log, report its wall time
+           # log to runs/nano/<pass>NAME.log, report its wall time
   local start=$SECONDS name=$1 processes=$2
   shift 2
   local launch=("$bin/lion-train")
   if [[ $processes -gt 1 ]]; then
     launch=("$bin/torchrun" --standalone --nproc_per_node "$processes" -m lion_ros.train)
   fi
-  "${launch[@]}" --config "$configs/nano-$name.yaml" "$@" > "$runs/$name.log" 2>&1 \
-    || { echo "$name failed, see $runs/$name.log" >&2; return 1; }
-  echo "$name: $(( (SECONDS - start) / 60 )) min $(( (SECONDS - start) % 60 )) s"
+  "${launch[@]}" --config "$configs/nano-$name.yaml" "$@" > "$runs/$pass$name.log" 2>&1 \
+    || { echo "$pass$name failed, see $runs/$pass$name.log" >&2; return 1; }
+  echo "$pass$name: $(( (SECONDS - start) / 60 )) min $(( (SECONDS - start) % 60 )) s"
 }
 
-evaluate() {  # evaluate STAGE SPLIT
-  "$bin/lion-eval" --model "$runs/$1/model" --split "$2" --num "$eval_scenes" --threads 1 \
-    --out "$runs/eval-$1-$2" > "$runs/eval-$1-$2.log" 2>&1
-  echo "eval $1 $2: $runs/eval-$1-$2/metrics.md"
+stagewise() {  # stagewise BASELINE [key=value ...]: stages 1 || 2 (|| the one-stage baseline when
+               # BASELINE is 1) from the stage 0 the overrides name, then stage 3, into runs/nano/<pass>
+  local with_baseline=$1 start=$SECONDS
+  shift
+  local out=$runs/$pass baseline_pid=""
+  if [[ $with_baseline == 1 ]]; then
+    stage mixed 1 "$@" "run.output_dir=${out}mixed" & baseline_pid=$!
+  fi
+  stage stage1 1 "$@" "run.output_dir=${out}stage1" & local p1=$!
+  stage stage2 1 "$@" "run.output_dir=${out}stage2" & local p2=$!
+  wait "$p1" "$p2"
+  stage stage3 1 "${vocab[@]}" "init.image_stage=${out}stage1/model" "init.region_stage=${out}stage2/model" \
+    "run.output_dir=${out}stage3"
+  echo "stage-wise training: $(( (SECONDS - start) / 60 )) min"
+  [[ -z $baseline_pid ]] || wait "$baseline_pid"
 }
 
-start=$SECONDS
+evaluate() {  # evaluate STAGE SPLIT: the model of this pass's STAGE
+  "$bin/lion-eval" --model "$runs/$pass$1/model" --split "$2" --num "$eval_scenes" --threads 1 \
+    --out "$runs/${pass}eval-$1-$2" > "$runs/${pass}eval-$1-$2.log" 2>&1
+  echo "eval $pass$1 $2: $runs/${pass}eval-$1-$2/metrics.md"
+}
+
 vocab=()  # the GPU stage 0 uses the shipped vocabularies; the stages after it must too
 if [[ $gpu == 1 ]]; then
   stage stage0-gpu 1
@@ -76,7 +97,11 @@ if [[ $gpu == 1 ]]; then
   stage stage0-reasoned-restart3 1
   stage stage0-reasoned-restart4 1
   vocab=("model.tokenizer_dir=lion_ros/assets/lion-nano")
-  from=("${vocab[@]}" "init.path=$runs/stage0-reasoned-restart4/model")
+  stagewise 0 "${vocab[@]}" "init.path=$runs/stage0-reasoned-restart4/model"
+  stage stage0-reasoned-restart5 1 "${vocab[@]}"  # from the first pass's stage 3
+  pass=pass2/
+  mkdir -p "$runs/$pass"
+  from=("${vocab[@]}" "init.path=$runs/stage0-reasoned-restart5/model")
 else
   stage stage0 2  # two 1-thread processes beat one 2-thread process on 2 cores
   from=()
@@ -85,27 +110,21 @@ if [[ $stage0b == 1 ]]; then
   stage stage0b 1 "${vocab[@]}"
   from+=("init.path=$runs/stage0b/model")
 fi
-[[ $baseline == 1 ]] && { stage mixed 1 "${from[@]}" & baseline_pid=$!; }
-stage stage1 1 "${from[@]}" & p1=$!
-stage stage2 1 "${from[@]}" & p2=$!
-wait "$p1" "$p2"
-stage stage3 1 "${vocab[@]}"
-echo "stage-wise training: $(( (SECONDS - start) / 60 )) min"
+stagewise "$baseline" "${from[@]}"
 evaluate stage3 test & e1=$!
 evaluate stage3 compositional & e2=$!
 wait "$e1" "$e2"
 if [[ $baseline == 1 ]]; then
-  wait "$baseline_pid"
   evaluate mixed test & e1=$!
   evaluate mixed compositional & e2=$!
   wait "$e1" "$e2"
 fi
 if [[ $ship == 1 ]]; then
   assets=lion_ros/assets/lion-nano
-  cp -r "$runs"/stage3/model/{config.json,model.safetensors,tokenizer,qformer_tokenizer} "$assets"/
+  cp -r "$runs/${pass}stage3"/model/{config.json,model.safetensors,tokenizer,qformer_tokenizer} "$assets"/
   for split in test compositional; do
     mkdir -p "$assets/eval/$split"
-    cp "$runs/eval-stage3-$split"/{metrics.json,metrics.md,predictions.jsonl} "$assets/eval/$split"/
+    cp "$runs/${pass}eval-stage3-$split"/{metrics.json,metrics.md,predictions.jsonl} "$assets/eval/$split"/
   done
   echo "shipped into $assets (update MODEL_CARD.md from $assets/eval/*/metrics.md)"
 fi
