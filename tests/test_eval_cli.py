@@ -47,6 +47,17 @@ def test_report_has_every_metric_and_encodes_each_image_once(tmp_path: Path) -> 
     assert len(lines) == len(source.samples) == report["sources"]["synthetic-test"]["num_samples"]
 
 
+def test_first_scene_selects_other_held_out_scenes() -> None:
+    reported = synthetic_source("test", 2)
+    validation = synthetic_source("test", 2, first_scene=1000)
+    assert validation.name == "synthetic-test-from-1000" and reported.name == "synthetic-test"
+    assert len(validation.samples) == len(reported.samples)
+    assert {s.id.split("/")[2] for s in validation.samples} == {"1000", "1001"}
+    assert not {s.id for s in validation.samples} & {s.id for s in reported.samples}
+    with pytest.raises(SystemExit, match="--first-scene must be >= 0"):
+        synthetic_source("test", 2, first_scene=-1)
+
+
 def test_cli_on_a_random_tiny_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("LION_ENGINE_CACHE", str(tmp_path / "engines"))  # the ONNX export below goes here
     pytest.importorskip("lion_ros.runtime.pytorch")

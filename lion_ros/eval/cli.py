@@ -66,6 +66,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--split", default="test", choices=["test", "compositional", "none"],
                         help="synthetic split to evaluate ('none': only the public files given)")
     parser.add_argument("--num", type=int, default=100, help="synthetic scenes to evaluate (14 questions each)")
+    parser.add_argument("--first-scene", type=int, default=0,
+                        help="index of the first synthetic scene; the model card reports scenes from 0, so "
+                             "choose between recipes on another range (e.g. 1000), which no training run sees either")
     parser.add_argument("--out", required=True, help="output directory")
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda:0")
     parser.add_argument("--num-beams", type=int, default=1, help="beam width (1 = greedy)")
@@ -88,11 +91,15 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def synthetic_source(split: str, num_scenes: int) -> EvalSource:
+def synthetic_source(split: str, num_scenes: int, first_scene: int = 0) -> EvalSource:
     from lion_ros.data.synthetic import SyntheticConfig, SyntheticDataset
 
-    dataset = SyntheticDataset(split, num_scenes, SyntheticConfig(prompt_variety=False), cache_size=1)
-    return EvalSource(f"synthetic-{split}", list(dataset))
+    if first_scene < 0:
+        raise SystemExit(f"--first-scene must be >= 0, got {first_scene}")
+    dataset = SyntheticDataset(split, num_scenes, SyntheticConfig(prompt_variety=False),
+                               first_scene=first_scene, cache_size=1)
+    name = f"synthetic-{split}" if first_scene == 0 else f"synthetic-{split}-from-{first_scene}"
+    return EvalSource(name, list(dataset))
 
 
 def public_sources(args: argparse.Namespace) -> list[EvalSource]:
@@ -197,7 +204,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from lion_ros.runtime.backends import load_runtime
     from lion_ros.runtime.base import GenerationSettings
 
-    sources = ([synthetic_source(args.split, args.num)] if args.split != "none" else []) + public_sources(args)
+    sources = ([synthetic_source(args.split, args.num, args.first_scene)] if args.split != "none" else []) + public_sources(args)
     if not sources:
         raise SystemExit("nothing to evaluate: give --split test|compositional or a public-format file")
     if args.threads > 0:
