@@ -10,8 +10,9 @@
 # nano-stage0-gpu-restart.yaml (10 minutes on an H200), then nano-stage0-reasoned.yaml and its four
 # warm restarts (40 + 25 + 50 + 30 + 60 minutes; they ran on 2 CPU cores), which teach the reasoned spatial
 # answers the GPU runs did not train, then a first pass of stages 1-3, a sixth reasoned run from
-# that pass's stage 3 (nano-stage0-reasoned-restart5.yaml, 60 minutes) and the second pass of
-# stages 1-3 (runs/nano/pass2/), which is evaluated and shipped; the shipped model was trained so.
+# that pass's stage 3 (nano-stage0-reasoned-restart5.yaml, 60 minutes), a seventh from the sixth
+# (nano-stage0-reasoned-restart6.yaml, 60 minutes) and the second pass of stages 1-3
+# (runs/nano/pass2/), which is evaluated and shipped; the shipped model was trained so.
 # The shipped vocabularies are used in every stage; stages 1-3 and the evaluation are the same.
 # --baseline also trains the one-stage comparison (nano-mixed.yaml: stage 3's trainable set from
 # the stage-0 weights, as many samples as stages 1-3 together) alongside stages 1-3 and
@@ -29,7 +30,7 @@ gpu=0
 baseline=0
 stage0b=0
 ship=0
-eval_scenes=48
+eval_scenes=200
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --gpu) gpu=1 ;;
@@ -37,7 +38,7 @@ while [[ $# -gt 0 ]]; do
     --stage0b) stage0b=1 ;;
     --eval-scenes) eval_scenes="$2"; shift ;;
     --ship) ship=1 ;;
-    -h|--help) sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,25p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
   shift
@@ -99,9 +100,10 @@ if [[ $gpu == 1 ]]; then
   vocab=("model.tokenizer_dir=lion_ros/assets/lion-nano")
   stagewise 0 "${vocab[@]}" "init.path=$runs/stage0-reasoned-restart4/model"
   stage stage0-reasoned-restart5 1 "${vocab[@]}"  # from the first pass's stage 3
+  stage stage0-reasoned-restart6 1 "${vocab[@]}"
   pass=pass2/
   mkdir -p "$runs/$pass"
-  from=("${vocab[@]}" "init.path=$runs/stage0-reasoned-restart5/model")
+  from=("${vocab[@]}" "init.path=$runs/stage0-reasoned-restart6/model")
 else
   stage stage0 2  # two 1-thread processes beat one 2-thread process on 2 cores
   from=()

@@ -38,7 +38,7 @@ def test_lion_eval_reproduces_the_shipped_predictions(tmp_path: Path) -> None:
     for line in (NANO / "eval" / "test" / "predictions.jsonl").read_text().splitlines():
         row = json.loads(line)
         shipped[row["id"]] = row["prediction"]
-    # The card's command (lion-eval --model lion_ros/assets/lion-nano --split test --num 48
+    # The card's command (lion-eval --model lion_ros/assets/lion-nano --split test --num 200
     # --threads 1), on its first two scenes.
     assert main(["--model", str(NANO), "--split", "test", "--num", "2", "--threads", "1", "--out", str(tmp_path)]) == 0
     rows = [json.loads(line) for line in (tmp_path / "predictions.jsonl").read_text().splitlines()]
