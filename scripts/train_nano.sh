@@ -38,7 +38,7 @@ while [[ $# -gt 0 ]]; do
     --stage0b) stage0b=1 ;;
     --eval-scenes) eval_scenes="$2"; shift ;;
     --ship) ship=1 ;;
-    -h|--help) sed -n '2,25p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,/^[^#]/{/^#/s/^# \{0,1\}//p}' "$0"; exit 0 ;;  # the header comment, whatever its length
     *) echo "unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
   shift
