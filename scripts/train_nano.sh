@@ -11,8 +11,9 @@
 # warm restarts (40 + 25 + 50 + 30 + 60 minutes; they ran on 2 CPU cores), which teach the reasoned spatial
 # answers the GPU runs did not train, then a first pass of stages 1-3, a sixth reasoned run from
 # that pass's stage 3 (nano-stage0-reasoned-restart5.yaml, 60 minutes), a seventh from the sixth
-# (nano-stage0-reasoned-restart6.yaml, 60 minutes) and the second pass of stages 1-3
-# (runs/nano/pass2/), which is evaluated and shipped; the shipped model was trained so.
+# and an eighth from the seventh (nano-stage0-reasoned-restart6/7.yaml, 60 minutes each) and the
+# second pass of stages 1-3 (runs/nano/pass2/), which is evaluated and shipped; the shipped model
+# was trained so. The first pass runs stage 1 at the rate it ran at then (1e-4, not 3e-5).
 # The shipped vocabularies are used in every stage; stages 1-3 and the evaluation are the same.
 # --baseline also trains the one-stage comparison (nano-mixed.yaml: stage 3's trainable set from
 # the stage-0 weights, as many samples as stages 1-3 together) alongside stages 1-3 and
@@ -73,7 +74,7 @@ stagewise() {  # stagewise BASELINE [key=value ...]: stages 1 || 2 (|| the one-s
   if [[ $with_baseline == 1 ]]; then
     stage mixed 1 "$@" "run.output_dir=${out}mixed" & baseline_pid=$!
   fi
-  stage stage1 1 "$@" "run.output_dir=${out}stage1" & local p1=$!
+  stage stage1 1 "$@" "${stage1_rate[@]}" "run.output_dir=${out}stage1" & local p1=$!
   stage stage2 1 "$@" "run.output_dir=${out}stage2" & local p2=$!
   wait "$p1" "$p2"
   stage stage3 1 "${vocab[@]}" "init.image_stage=${out}stage1/model" "init.region_stage=${out}stage2/model" \
@@ -89,6 +90,7 @@ evaluate() {  # evaluate STAGE SPLIT: the model of this pass's STAGE
 }
 
 vocab=()  # the GPU stage 0 uses the shipped vocabularies; the stages after it must too
+stage1_rate=()  # nano-stage1.yaml's rate unless set; the first --gpu pass ran at the earlier 1e-4
 if [[ $gpu == 1 ]]; then
   stage stage0-gpu 1
   stage stage0-gpu-restart 1
@@ -98,12 +100,15 @@ if [[ $gpu == 1 ]]; then
   stage stage0-reasoned-restart3 1
   stage stage0-reasoned-restart4 1
   vocab=("model.tokenizer_dir=lion_ros/assets/lion-nano")
+  stage1_rate=("optim.lr=1e-4")
   stagewise 0 "${vocab[@]}" "init.path=$runs/stage0-reasoned-restart4/model"
+  stage1_rate=()
   stage stage0-reasoned-restart5 1 "${vocab[@]}"  # from the first pass's stage 3
   stage stage0-reasoned-restart6 1 "${vocab[@]}"
+  stage stage0-reasoned-restart7 1 "${vocab[@]}"
   pass=pass2/
   mkdir -p "$runs/$pass"
-  from=("${vocab[@]}" "init.path=$runs/stage0-reasoned-restart6/model")
+  from=("${vocab[@]}" "init.path=$runs/stage0-reasoned-restart7/model")
 else
   stage stage0 2  # two 1-thread processes beat one 2-thread process on 2 cores
   from=()
@@ -123,7 +128,11 @@ if [[ $baseline == 1 ]]; then
 fi
 if [[ $ship == 1 ]]; then
   assets=lion_ros/assets/lion-nano
-  cp -r "$runs/${pass}stage3"/model/{config.json,model.safetensors,tokenizer,qformer_tokenizer} "$assets"/
+  files=(config.json model.safetensors)
+  # The CPU recipe trains its own vocabularies in stage 0, and they ship with the model. The --gpu
+  # chain trains with the shipped ones, whose re-saved copies would only rewrite tokenizer_config.json.
+  [[ ${#vocab[@]} -gt 0 ]] || files+=(tokenizer qformer_tokenizer)
+  for file in "${files[@]}"; do cp -r "$runs/${pass}stage3/model/$file" "$assets"/; done
   for split in test compositional; do
     mkdir -p "$assets/eval/$split"
     cp "$runs/${pass}eval-stage3-$split"/{metrics.json,metrics.md,predictions.jsonl} "$assets/eval/$split"/
