@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Train lion-nano end to end with the stage-wise pipeline and evaluate it on the held-out splits.
 #
-#   bash scripts/train_nano.sh [--gpu] [--baseline] [--stage0b] [--eval-scenes N] [--ship]
+#   bash scripts/train_nano.sh [--gpu | --from-stage0] [--baseline] [--stage0b] [--eval-scenes N] [--ship]
 #
 #   stage 0 (from scratch) -> stage 1 (image-level, Q-Former branch) || stage 2 (region-level,
 #   aggregator branch) -> stage 3 (hand-over, both branches) -> lion-eval on test + compositional
@@ -15,12 +15,19 @@
 # second pass of stages 1-3 (runs/nano/pass2/), which is evaluated and shipped; the shipped model
 # was trained so. The first pass runs stage 1 at the rate it ran at then (1e-4, not 3e-5).
 # The shipped vocabularies are used in every stage; stages 1-3 and the evaluation are the same.
+# --from-stage0 re-runs the shipped model's stages 1-3 (about 9 minutes on 2 CPU cores) from its
+# stage-0 weights instead of training stage 0: the shipped model's ViT and T5, which stages 1-3
+# keep frozen, with the stage-0 branches and soft prompt of lion_ros/assets/lion-nano/stage0.safetensors
+# (init.overlay), into runs/nano/from-stage0/; it then evaluates the result and compares its
+# weights with the shipped ones (bit-identical on the CPU that trained them; another CPU may round
+# differently, so compare the metrics there).
 # --baseline also trains the one-stage comparison (nano-mixed.yaml: stage 3's trainable set from
 # the stage-0 weights, as many samples as stages 1-3 together) alongside stages 1-3 and
 # evaluates it. --stage0b inserts stage 0b (geometry and count labels under every patch) after
 # stage 0 and starts stages 1, 2 and the baseline from it (measured: no better; MODEL_CARD.md).
 # --ship copies the stage-3 model and its evaluation (metrics + predictions, which
-# tests/test_model_card.py checks the card and lion-eval against) into lion_ros/assets/lion-nano.
+# tests/test_model_card.py checks the card and lion-eval against) into lion_ros/assets/lion-nano,
+# with the stage-0 overlay that --from-stage0 starts from (scripts/stage0_overlay.py).
 # Logs: runs/nano/<stage>.log; models: runs/nano/<stage>/model (runs/nano/pass2/<stage> for the
 # second pass). Every stage resumes from its latest checkpoint, so an interrupted run continues
 # where it stopped.
@@ -28,6 +35,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 gpu=0
+from_stage0=0
 baseline=0
 stage0b=0
 ship=0
@@ -35,6 +43,7 @@ eval_scenes=200
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --gpu) gpu=1 ;;
+    --from-stage0) from_stage0=1 ;;
     --baseline) baseline=1 ;;
     --stage0b) stage0b=1 ;;
     --eval-scenes) eval_scenes="$2"; shift ;;
@@ -44,10 +53,14 @@ while [[ $# -gt 0 ]]; do
   esac
   shift
 done
+if [[ $gpu == 1 && $from_stage0 == 1 ]] || [[ $from_stage0 == 1 && ( $ship == 1 || $stage0b == 1 ) ]]; then
+  echo "--from-stage0 re-runs the shipped stages: it does not combine with --gpu, --stage0b or --ship" >&2; exit 2
+fi
 
 bash scripts/bootstrap.sh
 bin=.venv/bin
 configs=lion_ros/configs/train
+assets=lion_ros/assets/lion-nano
 runs=runs/nano
 mkdir -p "$runs"
 
@@ -107,17 +120,24 @@ if [[ $gpu == 1 ]]; then
   stage stage0-reasoned-restart6 1 "${vocab[@]}"
   stage stage0-reasoned-restart7 1 "${vocab[@]}"
   pass=pass2/
-  mkdir -p "$runs/$pass"
-  from=("${vocab[@]}" "init.path=$runs/stage0-reasoned-restart7/model")
+  stage0=$runs/stage0-reasoned-restart7/model
+  from=("${vocab[@]}")
+elif [[ $from_stage0 == 1 ]]; then
+  vocab=("model.tokenizer_dir=$assets")
+  pass=from-stage0/
+  stage0=$assets
+  from=("${vocab[@]}" "init.overlay=$assets/stage0.safetensors")
 else
   stage stage0 2  # two 1-thread processes beat one 2-thread process on 2 cores
+  stage0=$runs/stage0/model
   from=()
 fi
 if [[ $stage0b == 1 ]]; then
   stage stage0b 1 "${vocab[@]}"
-  from+=("init.path=$runs/stage0b/model")
+  stage0=$runs/stage0b/model
 fi
-stagewise "$baseline" "${from[@]}"
+mkdir -p "$runs/$pass"
+stagewise "$baseline" "${from[@]}" "init.path=$stage0"
 evaluate stage3 test & e1=$!
 evaluate stage3 compositional & e2=$!
 wait "$e1" "$e2"
@@ -126,8 +146,15 @@ if [[ $baseline == 1 ]]; then
   evaluate mixed compositional & e2=$!
   wait "$e1" "$e2"
 fi
+if [[ $from_stage0 == 1 ]]; then
+  if cmp -s "$runs/${pass}stage3/model/model.safetensors" "$assets/model.safetensors"; then
+    echo "stage 3 from the shipped stage 0: bit-identical to $assets/model.safetensors"
+  else
+    echo "stage 3 from the shipped stage 0 differs from $assets/model.safetensors in its bits;" \
+      "compare $runs/${pass}eval-stage3-*/metrics.md with $assets/eval/*/metrics.md"
+  fi
+fi
 if [[ $ship == 1 ]]; then
-  assets=lion_ros/assets/lion-nano
   files=(config.json model.safetensors)
   # The CPU recipe trains its own vocabularies in stage 0, and they ship with the model. The --gpu
   # chain trains with the shipped ones, whose re-saved copies would only rewrite tokenizer_config.json.
@@ -137,5 +164,7 @@ if [[ $ship == 1 ]]; then
     mkdir -p "$assets/eval/$split"
     cp "$runs/${pass}eval-stage3-$split"/{metrics.json,metrics.md,predictions.jsonl} "$assets/eval/$split"/
   done
+  "$bin/python" scripts/stage0_overlay.py --stage0 "$stage0" --trained "$runs/${pass}stage3/model" \
+    --out "$assets/stage0.safetensors"
   echo "shipped into $assets (update MODEL_CARD.md from $assets/eval/*/metrics.md)"
 fi

@@ -14,12 +14,14 @@ from pathlib import Path
 import pytest
 import torch
 import torch.multiprocessing as mp
+from safetensors.torch import save_file
 
 from lion_ros.api import TaskKind
 from lion_ros.model import LionConfig, LionModel, parameter_group
 from lion_ros.tokenization import LionTokenizers
 from lion_ros.train import TRAINABLE_GROUPS, TrainConfig, apply_freeze_policy, handover, train
 from lion_ros.train.config import OptimSection
+from lion_ros.train.stages import STAGE0_OVERLAY_GROUPS, load_matching, stage0_overlay
 from lion_ros.train.trainer import LRSchedule
 
 STAGE_MODES = {"stage1": "qformer", "stage2": "aggregator"}
@@ -229,8 +231,6 @@ def stage0_dir(tokenizer_dir: Path, tmp_path_factory: pytest.TempPathFactory) ->
 def test_stage_trains_exactly_its_parameter_groups(stage: str, tokenizer_dir: Path, stage0_dir: Path,
                                                    tmp_path: Path) -> None:
     before = LionModel(dataclasses.replace(LionConfig.load(stage0_dir / "config.json"), visual_input=STAGE_MODES[stage]))
-    from lion_ros.train.stages import load_matching
-
     load_matching(before, stage0_dir, skip_groups=["adapters", "router"])
     initial = tensors(before)
     result = train(tiny_config(tokenizer_dir, tmp_path, stage=stage, optim={"steps": 3},
@@ -598,3 +598,53 @@ def test_aggregator_dropout_needs_both_branches(tokenizer_dir: Path, tmp_path: P
         tiny_config(tokenizer_dir, tmp_path, stage="stage1", data={"aggregator_dropout": 0.5})
     with pytest.raises(ValueError, match=r"\[0, 1\)"):
         tiny_config(tokenizer_dir, tmp_path, data={"aggregator_dropout": 1.0})
+
+
+def test_stages_rerun_bit_for_bit_from_the_trained_model_and_its_stage0_overlay(
+        tokenizer_dir: Path, stage0_dir: Path, tmp_path: Path) -> None:
+    """What `scripts/train_nano.sh --from-stage0` relies on: the stage-3 model plus the overlay of
+    `stage0_overlay` starts stage 1 where stage 0 did, so the stage reruns to the same bits."""
+    pretrained = {"kind": "pretrained", "path": str(stage0_dir), "skip_groups": ["adapters", "router"]}
+    for stage in ("stage1", "stage2"):
+        train(tiny_config(tokenizer_dir, tmp_path / stage, stage=stage, optim={"steps": 2}, init=pretrained))
+    stage3 = tmp_path / "stage3"
+    train(tiny_config(tokenizer_dir, stage3, stage="stage3", optim={"steps": 2}, init={
+        "kind": "handover", "image_stage": str(tmp_path / "stage1" / "model"),
+        "region_stage": str(tmp_path / "stage2" / "model")}))
+
+    overlay = stage0_overlay(stage0_dir, stage3 / "model")
+    assert {parameter_group(name) for name in overlay} == STAGE0_OVERLAY_GROUPS
+    save_file(overlay, tmp_path / "stage0.safetensors")
+    rerun = tmp_path / "rerun"
+    train(tiny_config(tokenizer_dir, rerun, stage="stage1", optim={"steps": 2}, init={
+        **pretrained, "path": str(stage3 / "model"), "overlay": str(tmp_path / "stage0.safetensors")}))
+    first = (tmp_path / "stage1" / "model" / "model.safetensors").read_bytes()
+    assert (rerun / "model" / "model.safetensors").read_bytes() == first
+
+    # Without the overlay the stage starts from stage 3's branches, and ends elsewhere.
+    train(tiny_config(tokenizer_dir, tmp_path / "no-overlay", stage="stage1", optim={"steps": 2},
+                      init={**pretrained, "path": str(stage3 / "model")}))
+    assert (tmp_path / "no-overlay" / "model" / "model.safetensors").read_bytes() != first
+
+
+def test_stage0_overlay_refuses_a_model_not_trained_from_that_stage0(tokenizer_dir: Path, stage0_dir: Path,
+                                                                    tmp_path: Path) -> None:
+    other = tmp_path / "other"
+    train(tiny_config(tokenizer_dir, other, optim={"steps": 1}, run={"seed": 5}))
+    with pytest.raises(ValueError, match=r"\((vit|t5)\) differs .* stages 1-3 keep it frozen"):
+        stage0_overlay(stage0_dir, other / "model")
+
+
+def test_an_overlay_must_name_tensors_of_the_checkpoint_with_their_shapes(stage0_dir: Path, tmp_path: Path) -> None:
+    model = LionModel(LionConfig.load(stage0_dir / "config.json"))
+    name, tensor = next(iter(model.checkpoint_tensors().items()))
+    for bad, match in (({"no.such.tensor": torch.zeros(1)}, "not a tensor of the checkpoint"),
+                       ({name: torch.zeros(*tensor.shape, 2)}, "has shape")):
+        save_file(bad, tmp_path / "overlay.safetensors")
+        with pytest.raises(ValueError, match=match):
+            load_matching(model, stage0_dir, overlay=tmp_path / "overlay.safetensors")
+    (tmp_path / "corrupt.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json")
+    with pytest.raises(ValueError, match="not a readable safetensors file"):
+        load_matching(model, stage0_dir, overlay=tmp_path / "corrupt.safetensors")
+    with pytest.raises(ValueError, match="needs init.kind pretrained"):
+        TrainConfig.from_dict({"init": {"kind": "scratch", "overlay": str(tmp_path / "overlay.safetensors")}})

@@ -54,7 +54,10 @@ class InitSection:
     """Where the weights come from.
 
     scratch: random init. pretrained: copy every tensor of `path` whose name and shape match,
-    except those of `skip_groups` (`parameter_group` names), which keep their fresh init.
+    except those of `skip_groups` (`parameter_group` names), which keep their fresh init;
+    `overlay` (optional) is a safetensors file whose tensors replace those of `path` first. The
+    shipped lion-nano keeps its stage-0 branches so (`stage0.safetensors`, `stages.stage0_overlay`):
+    with `path` at the shipped model they give stages 1 and 2 the stage-0 model they started from.
     handover: the stage-3 model from the stage-1 (`image_stage`) and stage-2 (`region_stage`)
     models, see `stages.handover`.
     """
@@ -62,6 +65,7 @@ class InitSection:
     kind: str = "scratch"
     path: str = ""
     skip_groups: list[str] = field(default_factory=list)
+    overlay: str = ""
     image_stage: str = ""
     region_stage: str = ""
 
@@ -223,6 +227,9 @@ class TrainConfig:
             raise ValueError("optim.schedule: time decays over run.max_minutes; set it > 0")
         if self.init.kind == "pretrained" and not self.init.path:
             raise ValueError("init.kind pretrained needs init.path")
+        if self.init.overlay and self.init.kind != "pretrained":
+            raise ValueError(f"init.overlay replaces tensors of init.path; it needs init.kind pretrained, "
+                             f"not {self.init.kind!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -24,6 +24,7 @@ from typing import Iterable
 
 import torch
 from safetensors import safe_open
+from safetensors.torch import load_file
 
 from lion_ros.api import TaskKind
 from lion_ros.model.config import LionConfig
@@ -45,6 +46,13 @@ TRAINABLE_GROUPS: dict[str, frozenset[str]] = {
     "stage3": frozenset({"ln_vision", "qformer", "aggregator", "adapters", "router", "soft_prompt"}),
     "mixed": frozenset({"ln_vision", "qformer", "aggregator", "adapters", "router", "soft_prompt"}),
 }
+
+# What stages 1 and 2 read of the stage-0 model besides the ViT and T5 they keep frozen (their
+# adapters and gates start fresh): the groups stages 1-3 train, which a trained model no longer
+# holds at their stage-0 values.
+STAGE0_OVERLAY_GROUPS = (
+    TRAINABLE_GROUPS["stage1"] | TRAINABLE_GROUPS["stage2"] | TRAINABLE_GROUPS["stage3"]
+) - {"adapters", "router"}
 
 # Stage 3 takes each branch from the stage that trained it; ViT, T5 and the soft prompt were
 # frozen in both stages, so they must agree and are taken from the image stage.
@@ -93,8 +101,10 @@ def build_model(config: TrainConfig, tokenizers: LionTokenizers) -> LionModel:
             _scale_untied_lm_head(model)
             _sincos_position_embedding(model)
         if init.kind == "pretrained":
-            loaded, fresh = load_matching(model, Path(init.path), skip_groups=init.skip_groups)
-            log.info("init from %s: %d tensors loaded, fresh: %s", init.path, len(loaded), _summary(fresh))
+            overlay = Path(init.overlay) if init.overlay else None
+            loaded, fresh = load_matching(model, Path(init.path), skip_groups=init.skip_groups, overlay=overlay)
+            log.info("init from %s%s: %d tensors loaded, fresh: %s", init.path,
+                     f" + {init.overlay}" if overlay else "", len(loaded), _summary(fresh))
     _check_tokenizers(model.config, tokenizers)
     return model
 
@@ -148,13 +158,18 @@ def handover(image_stage: Path, region_stage: Path) -> LionModel:
     return model
 
 
-def load_matching(model: LionModel, directory: Path, skip_groups: Iterable[str] = ()) -> tuple[list[str], list[str]]:
+def load_matching(
+    model: LionModel, directory: Path, skip_groups: Iterable[str] = (), overlay: Path | None = None
+) -> tuple[list[str], list[str]]:
     """Copy the tensors of a checkpoint whose names and shapes match; the rest keep their init.
 
-    Returns (loaded names, names left at their initialisation).
+    `overlay`: a safetensors file whose tensors replace the checkpoint's first; each must be one
+    of the checkpoint's, with its shape. Returns (loaded names, names left at their initialisation).
     """
     skip = set(skip_groups)
     source = _read_tensors(directory)
+    if overlay is not None:
+        source.update(_checked_overlay(overlay, source))
     loaded, fresh = [], []
     with torch.no_grad():
         for name, target in model.checkpoint_tensors().items():
@@ -165,6 +180,43 @@ def load_matching(model: LionModel, directory: Path, skip_groups: Iterable[str] 
             target.copy_(tensor)
             loaded.append(name)
     return loaded, fresh
+
+
+def _checked_overlay(path: Path, checkpoint: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    if not path.is_file():
+        raise FileNotFoundError(f"init.overlay {path} does not exist")
+    try:
+        overlay = load_file(path)
+    except Exception as error:  # safetensors raises its own error types for a corrupt header
+        raise ValueError(f"init.overlay {path} is not a readable safetensors file: {error}") from error
+    for name, tensor in overlay.items():
+        if name not in checkpoint:
+            raise ValueError(f"init.overlay {path}: {name} is not a tensor of the checkpoint it overlays")
+        if tensor.shape != checkpoint[name].shape:
+            raise ValueError(f"init.overlay {path}: {name} has shape {tuple(tensor.shape)}, "
+                             f"the checkpoint's is {tuple(checkpoint[name].shape)}")
+    return overlay
+
+
+def stage0_overlay(stage0: Path, trained: Path) -> dict[str, torch.Tensor]:
+    """What a model that stages 1-3 trained from `stage0` lacks to stand in for it as the start of
+    stages 1 and 2 (`init.overlay`): the stage-0 tensors of the groups stages 1-3 train. Adapters
+    and gates are left out (stages 1 and 2 start them fresh); every other tensor (ViT, T5) must be
+    the same in both, which stages 1-3 guarantee by keeping them frozen, or this raises.
+    """
+    configs = [dataclasses.replace(LionConfig.load(d / CONFIG_NAME), visual_input="all") for d in (stage0, trained)]
+    if configs[0] != configs[1]:
+        raise ValueError(f"{stage0} and {trained} have different architectures")
+    start, end = _read_tensors(stage0), _read_tensors(trained)
+    overlay = {}
+    for name, tensor in start.items():
+        group = parameter_group(name)
+        if group in STAGE0_OVERLAY_GROUPS:
+            overlay[name] = tensor
+        elif group not in ("adapters", "router") and not torch.equal(tensor, end[name]):
+            raise ValueError(f"{name} ({group}) differs between {stage0} and {trained}: stages 1-3 keep it "
+                             f"frozen, so {trained} was not trained from {stage0}")
+    return overlay
 
 
 def _read_tensors(directory: Path) -> dict[str, torch.Tensor]:
