@@ -10,10 +10,11 @@
 # nano-stage0-gpu-restart.yaml (10 minutes on an H200), then nano-stage0-reasoned.yaml and its four
 # warm restarts (40 + 25 + 50 + 30 + 60 minutes; they ran on 2 CPU cores), which teach the reasoned spatial
 # answers the GPU runs did not train, then a first pass of stages 1-3, a sixth reasoned run from
-# that pass's stage 3 (nano-stage0-reasoned-restart5.yaml, 60 minutes), a seventh from the sixth
-# and an eighth from the seventh (nano-stage0-reasoned-restart6/7.yaml, 60 minutes each) and the
+# that pass's stage 3 (nano-stage0-reasoned-restart5.yaml, 60 minutes), a seventh, eighth and
+# ninth, each from the one before (nano-stage0-reasoned-restart6/7/8.yaml, 60 minutes each) and the
 # second pass of stages 1-3 (runs/nano/pass2/), which is evaluated and shipped; the shipped model
-# was trained so. The first pass runs stage 1 at the rate it ran at then (1e-4, not 3e-5).
+# was trained so. The first pass runs its stages as they ran then: stage 1 at 1e-4 (not 3e-5) and
+# 150 steps, stage 2 150 steps, stage 3 200 steps (not 100 / 100 / 300).
 # The shipped vocabularies are used in every stage; stages 1-3 and the evaluation are the same.
 # --from-stage0 re-runs the shipped model's stages 1-3 (about 9 minutes on 2 CPU cores) from its
 # stage-0 weights instead of training stage 0: the shipped model's ViT and T5, which stages 1-3
@@ -87,11 +88,11 @@ stagewise() {  # stagewise BASELINE [key=value ...]: stages 1 || 2 (|| the one-s
   if [[ $with_baseline == 1 ]]; then
     stage mixed 1 "$@" "run.output_dir=${out}mixed" & baseline_pid=$!
   fi
-  stage stage1 1 "$@" "${stage1_rate[@]}" "run.output_dir=${out}stage1" & local p1=$!
-  stage stage2 1 "$@" "run.output_dir=${out}stage2" & local p2=$!
+  stage stage1 1 "$@" "${stage1_then[@]}" "run.output_dir=${out}stage1" & local p1=$!
+  stage stage2 1 "$@" "${stage2_then[@]}" "run.output_dir=${out}stage2" & local p2=$!
   wait "$p1" "$p2"
-  stage stage3 1 "${vocab[@]}" "init.image_stage=${out}stage1/model" "init.region_stage=${out}stage2/model" \
-    "run.output_dir=${out}stage3"
+  stage stage3 1 "${vocab[@]}" "${stage3_then[@]}" "init.image_stage=${out}stage1/model" \
+    "init.region_stage=${out}stage2/model" "run.output_dir=${out}stage3"
   echo "stage-wise training: $(( (SECONDS - start) / 60 )) min"
   [[ -z $baseline_pid ]] || wait "$baseline_pid"
 }
@@ -103,7 +104,10 @@ evaluate() {  # evaluate STAGE SPLIT: the model of this pass's STAGE
 }
 
 vocab=()  # the GPU stage 0 uses the shipped vocabularies; the stages after it must too
-stage1_rate=()  # nano-stage1.yaml's rate unless set; the first --gpu pass ran at the earlier 1e-4
+# Per-stage overrides, empty but for the first --gpu pass, which ran at the settings of its time.
+stage1_then=()
+stage2_then=()
+stage3_then=()
 if [[ $gpu == 1 ]]; then
   stage stage0-gpu 1
   stage stage0-gpu-restart 1
@@ -113,14 +117,19 @@ if [[ $gpu == 1 ]]; then
   stage stage0-reasoned-restart3 1
   stage stage0-reasoned-restart4 1
   vocab=("model.tokenizer_dir=lion_ros/assets/lion-nano")
-  stage1_rate=("optim.lr=1e-4")
+  stage1_then=("optim.lr=1e-4" "optim.steps=150")
+  stage2_then=("optim.steps=150")
+  stage3_then=("optim.steps=200")
   stagewise 0 "${vocab[@]}" "init.path=$runs/stage0-reasoned-restart4/model"
-  stage1_rate=()
+  stage1_then=()
+  stage2_then=()
+  stage3_then=()
   stage stage0-reasoned-restart5 1 "${vocab[@]}"  # from the first pass's stage 3
   stage stage0-reasoned-restart6 1 "${vocab[@]}"
   stage stage0-reasoned-restart7 1 "${vocab[@]}"
+  stage stage0-reasoned-restart8 1 "${vocab[@]}"
   pass=pass2/
-  stage0=$runs/stage0-reasoned-restart7/model
+  stage0=$runs/stage0-reasoned-restart8/model
   from=("${vocab[@]}")
 elif [[ $from_stage0 == 1 ]]; then
   vocab=("model.tokenizer_dir=$assets")
