@@ -16,7 +16,7 @@
 # was trained so. The first pass runs its stages as they ran then: stage 1 at 1e-4 (not 3e-5) and
 # 150 steps, stage 2 150 steps, stage 3 200 steps (not 100 / 100 / 300).
 # The shipped vocabularies are used in every stage; stages 1-3 and the evaluation are the same.
-# --from-stage0 re-runs the shipped model's stages 1-3 (about 9 minutes on 2 CPU cores) from its
+# --from-stage0 re-runs the shipped model's stages 1-3 (8.5 CPU minutes on 2 cores) from its
 # stage-0 weights instead of training stage 0: the shipped model's ViT and T5, which stages 1-3
 # keep frozen, with the stage-0 branches and soft prompt of lion_ros/assets/lion-nano/stage0.safetensors
 # (init.overlay), into runs/nano/from-stage0/; it then evaluates the result and compares its
