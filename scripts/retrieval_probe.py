@@ -27,7 +27,7 @@ Variants isolate the steps of retrieval:
   --queries N        a fresh Q-Former with N query tokens (LION: 32); with --fresh-qformer or N,
                      the Q-Former starts from a fresh initialisation instead of DIR's
 
-Research tool for the recipe of lion-nano's stage 0 (MODEL_CARD.md, "Where the answer is lost").
+Research tool for the recipe of lion-nano's stage 0 (HISTORY.md, "Where the answer is lost").
 """
 from __future__ import annotations
 

@@ -25,7 +25,7 @@
 # --baseline also trains the one-stage comparison (nano-mixed.yaml: stage 3's trainable set from
 # the stage-0 weights, as many samples as stages 1-3 together) alongside stages 1-3 and
 # evaluates it. --stage0b inserts stage 0b (geometry and count labels under every patch) after
-# stage 0 and starts stages 1, 2 and the baseline from it (measured: no better; MODEL_CARD.md).
+# stage 0 and starts stages 1, 2 and the baseline from it (measured: no better; HISTORY.md).
 # --ship copies the stage-3 model and its evaluation (metrics + predictions, which
 # tests/test_model_card.py checks the card and lion-eval against) into lion_ros/assets/lion-nano,
 # with the stage-0 overlay that --from-stage0 starts from (scripts/stage0_overlay.py).

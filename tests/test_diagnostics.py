@@ -99,7 +99,7 @@ def test_retrieval_probe_reads_colour_once_retrieval_is_given() -> None:
         loss.backward()
         probe.optimizer.step()
     # Seeing only the asked object, the Q-Former reads its colour within 100 steps (0.96 on 60
-    # test scenes); without the oracle it stays near the majority answer (MODEL_CARD.md).
+    # test scenes); without the oracle it stays near the majority answer (HISTORY.md).
     assert probe.accuracy(test)["colour"] > 0.75
 
 

@@ -109,20 +109,20 @@ class DataSection:
     # patches of the objects each question is about (`Sample.evidence`; synthetic scenes only).
     # Where dense supervision teaches the ViT what is under each patch, this teaches the Q-Former
     # where to look for a question. Measured on nano: the attention moves, the answers do not
-    # (MODEL_CARD.md), so nano-stage0.yaml leaves it off.
+    # (lion-nano's HISTORY.md), so nano-stage0.yaml leaves it off.
     attention_supervision: float = 0.0
     # Any stage that trains the Q-Former (stage0, stage1, stage3, mixed), synthetic scenes: weight
     # of an auxiliary loss that draws the queries' first self-attention (over queries and question
     # together) to the question's words that name objects (category, colour, size). Retrieval
     # takes two hops, queries taking up those words and then matching them against the patches;
-    # on a frozen nano ViT the answer loss alone does not find the first (MODEL_CARD.md, "Where
-    # the answer is lost").
+    # on a frozen nano ViT the answer loss alone does not find the first (lion-nano's
+    # HISTORY.md, "Where the answer is lost").
     word_attention: float = 0.0
     # Stages that train both visual branches (stage0, stage3, mixed): the fraction of questions
     # whose T5 sees the aggregator's tokens zeroed, so only the Q-Former carries the image to
     # them. Measured on nano: trained together, T5 reads the image through the aggregator alone
-    # and the Q-Former's output barely depends on the image (MODEL_CARD.md, "The Q-Former branch
-    # is unused").
+    # and the Q-Former's output barely depends on the image (lion-nano's HISTORY.md, "The Q-Former
+    # branch is unused").
     aggregator_dropout: float = 0.0
 
 

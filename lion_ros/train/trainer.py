@@ -123,7 +123,7 @@ class QFormerCrossAttention(QFormerAttentionMaps):
 class QFormerWordAttention(QFormerAttentionMaps):
     """The maps of the Q-Former's first self-attention (queries and question text together) and
     the word-attention loss: the queries must first take up the words that name an object before
-    the cross-attention can look for it (MODEL_CARD.md, "Where the answer is lost")."""
+    the cross-attention can look for it (lion-nano's HISTORY.md, "Where the answer is lost")."""
 
     def __init__(self, lion: LionModel, word_ids: torch.Tensor) -> None:
         if not lion.config.uses_qformer:
