@@ -2,7 +2,7 @@
 stages train (both visual branches and the soft prompt, 4.5 MB for lion-nano), so that the
 trained model plus the overlay is the stage-0 model stages 1 and 2 start from.
 
-    python scripts/stage0_overlay.py --stage0 runs/nano/pass2-stage0/model \\
+    python scripts/stage0_overlay.py --stage0 runs/nano/stage0-reasoned-restart8/model \\
         --trained lion_ros/assets/lion-nano --out lion_ros/assets/lion-nano/stage0.safetensors
 
 The ViT and T5 are not stored: stages 1-3 keep them frozen, so the trained model holds their

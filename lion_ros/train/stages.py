@@ -47,12 +47,14 @@ TRAINABLE_GROUPS: dict[str, frozenset[str]] = {
     "mixed": frozenset({"ln_vision", "qformer", "aggregator", "adapters", "router", "soft_prompt"}),
 }
 
-# What stages 1 and 2 read of the stage-0 model besides the ViT and T5 they keep frozen (their
-# adapters and gates start fresh): the groups stages 1-3 train, which a trained model no longer
-# holds at their stage-0 values.
+# Stages 1 and 2 start the adapters and router gates fresh instead of reading them from stage 0.
+_FRESH_IN_STAGES = frozenset({"adapters", "router"})
+
+# What stages 1 and 2 read of the stage-0 model besides the ViT and T5 they keep frozen: the groups
+# stages 1-3 train, which a trained model no longer holds at their stage-0 values.
 STAGE0_OVERLAY_GROUPS = (
     TRAINABLE_GROUPS["stage1"] | TRAINABLE_GROUPS["stage2"] | TRAINABLE_GROUPS["stage3"]
-) - {"adapters", "router"}
+) - _FRESH_IN_STAGES
 
 # Stage 3 takes each branch from the stage that trained it; ViT, T5 and the soft prompt were
 # frozen in both stages, so they must agree and are taken from the image stage.
@@ -213,7 +215,7 @@ def stage0_overlay(stage0: Path, trained: Path) -> dict[str, torch.Tensor]:
         group = parameter_group(name)
         if group in STAGE0_OVERLAY_GROUPS:
             overlay[name] = tensor
-        elif group not in ("adapters", "router") and not torch.equal(tensor, end[name]):
+        elif group not in _FRESH_IN_STAGES and not torch.equal(tensor, end[name]):
             raise ValueError(f"{name} ({group}) differs between {stage0} and {trained}: stages 1-3 keep it "
                              f"frozen, so {trained} was not trained from {stage0}")
     return overlay
