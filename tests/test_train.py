@@ -648,3 +648,80 @@ def test_an_overlay_must_name_tensors_of_the_checkpoint_with_their_shapes(stage0
         load_matching(model, stage0_dir, overlay=tmp_path / "corrupt.safetensors")
     with pytest.raises(ValueError, match="needs init.kind pretrained"):
         TrainConfig.from_dict({"init": {"kind": "scratch", "overlay": str(tmp_path / "overlay.safetensors")}})
+
+
+def _loss_and_grads(lion: LionModel, batch, **module_options: object) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    from lion_ros.train.trainer import TrainingModule
+
+    lion.zero_grad(set_to_none=True)
+    with lion.route(batch.task_index):
+        token_loss = TrainingModule(lion, **module_options)(batch)[0]
+        token_loss.sum().backward()
+    grads = {n: p.grad.clone() for n, p in lion.named_parameters() if p.grad is not None}
+    return token_loss.detach(), grads
+
+
+def test_stage0_skips_its_zero_adapters_without_changing_a_bit(tokenizer_dir: Path, tmp_path: Path) -> None:
+    """Stage 0's adapters are frozen at zero: skipping them gives the same losses and gradients
+    bit for bit. Adapters that train, or hold weights, keep running."""
+    from lion_ros.model.adapters import MixtureOfAdapters
+    from lion_ros.train.stages import skip_idle_adapters
+
+    config = tiny_config(tokenizer_dir, tmp_path, data={"images_per_batch": 3})
+    lion, batch = tiny_model_and_batch(config, LionTokenizers.load(tokenizer_dir))
+    apply_freeze_policy(lion, "stage0")
+    mixtures = [m for m in lion.modules() if isinstance(m, MixtureOfAdapters)]
+    running = _loss_and_grads(lion, batch)
+    assert skip_idle_adapters(lion) == len(mixtures) > 0
+    skipped = _loss_and_grads(lion, batch)
+    assert torch.equal(skipped[0], running[0])
+    assert skipped[1].keys() == running[1].keys()
+    for name, grad in running[1].items():
+        assert torch.equal(skipped[1][name], grad), name
+
+    apply_freeze_policy(lion, "stage3")  # trainable adapters run
+    assert skip_idle_adapters(lion) == 0 and all(m.enabled for m in mixtures)
+    apply_freeze_policy(lion, "stage0")
+    with torch.no_grad():
+        mixtures[0].adapters[0].up_proj.weight[0, 0] = 0.5  # frozen, but not zero: it runs
+    assert skip_idle_adapters(lion) == len(mixtures) - 1 and mixtures[0].enabled
+
+
+def test_compiled_stacks_give_the_eager_loss_and_gradients(tokenizer_dir: Path, tmp_path: Path) -> None:
+    """run.compile: the compiled stacks compute what the eager ones do (to float rounding), and
+    keep their parameter names, so checkpoints and saved models do not change."""
+    from lion_ros.train.trainer import compile_stacks
+
+    config = tiny_config(tokenizer_dir, tmp_path, data={"images_per_batch": 3})
+    lion, batch = tiny_model_and_batch(config, LionTokenizers.load(tokenizer_dir))
+    names = list(lion.state_dict())
+    eager_loss, eager_grads = _loss_and_grads(lion, batch)
+    compile_stacks(lion)
+    compiled_loss, compiled_grads = _loss_and_grads(lion, batch)
+    assert list(lion.state_dict()) == names
+    torch.testing.assert_close(compiled_loss, eager_loss, atol=1e-5, rtol=1e-4)
+    assert compiled_grads.keys() == eager_grads.keys()
+    for name, grad in eager_grads.items():
+        torch.testing.assert_close(compiled_grads[name], grad, atol=1e-5, rtol=1e-3, msg=name)
+
+
+def test_photometric_lookup_equals_the_per_pixel_formula(tokenizer_dir: Path, tmp_path: Path) -> None:
+    """Brightness/contrast jitter is looked up per pixel value; it must give the bytes of computing
+    it on every pixel (the training data, and with it the shipped stages' bits, depend on them)."""
+    import numpy as np
+
+    from lion_ros.data.synthetic import render_scene
+    from lion_ros.preprocess import PreprocessConfig
+    from lion_ros.train.data import Collator
+
+    config = tiny_config(tokenizer_dir, tmp_path, data={"photometric": 0.5})
+    collator = Collator(LionTokenizers.load(tokenizer_dir), config.data, PreprocessConfig(image_size=32),
+                        qformer_max_tokens=32)
+    for seed in range(4):
+        image = render_scene(seed).rgb
+        gain, contrast = 1 + np.random.default_rng(seed).uniform(-0.5, 0.5, 2)
+        expected = np.clip((image.astype(np.float32) - image.mean()) * contrast + image.mean() * gain, 0, 255)
+        got = collator._photometric(image, np.random.default_rng(seed))
+        assert got.dtype == np.uint8 and got.shape == image.shape
+        assert np.array_equal(got, expected.astype(np.uint8))
+        assert not np.array_equal(got, image)

@@ -85,6 +85,10 @@ class MixtureOfAdapters(nn.Module):
                     f"router_ratio{k + 1}", nn.Parameter(torch.empty(config.num_task_types, d_model))
                 )
         self.routing = routing
+        # False skips the mixture. Training turns it off where the adapters are frozen at zero
+        # (stage 0, `stages.skip_idle_adapters`): there it adds exactly 0, yet costs 7 % of a
+        # training step on a CPU (bench/bench_train_step.py).
+        self.enabled = True
         self.reset_gates()
 
     @torch.no_grad()
@@ -130,7 +134,8 @@ class T5LayerFFWithAdapters(nn.Module):
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         forwarded_states = self.DenseReluDense(self.layer_norm(hidden_states))
-        return hidden_states + self.dropout(forwarded_states) + self.adapter(hidden_states)
+        output = hidden_states + self.dropout(forwarded_states)
+        return output + self.adapter(hidden_states) if self.adapter.enabled else output
 
 
 def add_adapters(

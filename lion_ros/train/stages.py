@@ -27,6 +27,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from lion_ros.api import TaskKind
+from lion_ros.model.adapters import MixtureOfAdapters
 from lion_ros.model.config import LionConfig
 from lion_ros.model.lion import CONFIG_NAME, WEIGHTS_INDEX_NAME, WEIGHTS_NAME, LionModel, parameter_group
 from lion_ros.tokenization import LionTokenizers
@@ -74,6 +75,21 @@ def apply_freeze_policy(model: LionModel, stage: str) -> dict[str, int]:
         if group in groups:
             counts[group] = counts.get(group, 0) + param.numel()
     return counts
+
+
+def skip_idle_adapters(model: LionModel) -> int:
+    """Turn off every adapter mixture that is frozen with zero up-projections (stage 0's): it adds
+    exactly 0 to T5's residual stream and passes exactly 0 gradient back, so skipping it changes
+    no result, only the time. Returns how many were turned off (call after `apply_freeze_policy`)."""
+    skipped = 0
+    for module in model.modules():
+        if not isinstance(module, MixtureOfAdapters):
+            continue
+        frozen = not any(param.requires_grad for param in module.parameters())
+        zero = all(not adapter.up_proj.weight.any() and not adapter.up_proj.bias.any() for adapter in module.adapters)
+        module.enabled = not (frozen and zero)
+        skipped += not module.enabled
+    return skipped
 
 
 def set_train_mode(model: torch.nn.Module, lion: LionModel, stage: str) -> None:

@@ -34,7 +34,7 @@ from lion_ros.tokenization import LionTokenizers
 from . import distributed as dist_utils
 from .config import OptimSection, TrainConfig
 from .data import STAGE_TASKS, BatchStream, Collator, FileBatches, ImageBatches, SyntheticBatches, TrainBatch
-from .stages import apply_freeze_policy, build_model, set_train_mode
+from .stages import apply_freeze_policy, build_model, set_train_mode, skip_idle_adapters
 from .tokenizers import prepare_tokenizers
 
 log = logging.getLogger(__name__)
@@ -331,8 +331,11 @@ def train(config: TrainConfig) -> TrainResult:
     lion = build_model(config, tokenizers)
     lion.apply_dtype_policy(env.device, config.model.dtype_policy)
     counts = apply_freeze_policy(lion, config.stage)
+    skipped_adapters = skip_idle_adapters(lion)
     if config.model.gradient_checkpointing:
         enable_gradient_checkpointing(lion)
+    if config.run.compile:
+        compile_stacks(lion)
 
     resume_dir = find_resume(config.run.resume, out_dir)
     if resume_dir is not None:
@@ -374,7 +377,8 @@ def train(config: TrainConfig) -> TrainResult:
         )
     stream = iter(BatchStream(dataset, step, config.data.num_workers, seed=config.run.seed))
     if env.is_main:
-        log.info("stage %s, trainable parameters: %s", config.stage, counts)
+        log.info("stage %s, trainable parameters: %s%s", config.stage, counts,
+                 f"; {skipped_adapters} adapter mixtures frozen at zero are skipped" if skipped_adapters else "")
         if isinstance(dataset, FileBatches):
             log.info("training on %d images with %d questions from data.files", len(dataset.images),
                      sum(map(len, dataset.samples.values())))
@@ -395,10 +399,7 @@ def train(config: TrainConfig) -> TrainResult:
         with lion.route(batch.task_index):
             with autocast:
                 token_loss, auxiliary = module(batch)
-            mask = batch.labels != -100
-            loss = answer_loss(token_loss, mask, config.optim.loss_average)
-            for name, value in auxiliary.items():
-                loss = loss + getattr(config.data, name) * value
+            loss = total_loss(token_loss, auxiliary, batch.labels, config)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
         grad_norm = dist_utils.clip_grad_norm(module, config.optim.grad_clip)
@@ -410,7 +411,7 @@ def train(config: TrainConfig) -> TrainResult:
         elapsed = dist_utils.max_over_ranks(seconds_before + time.time() - start_time, env)
 
         if step % config.run.log_every == 0 or step == config.optim.steps:
-            stats = _loss_stats(token_loss.detach(), mask, batch.task_index)
+            stats = _loss_stats(token_loss.detach(), batch.labels != -100, batch.task_index)
             stats.update({AUXILIARY_LOSSES[name]: float(value.detach()) for name, value in auxiliary.items()})
             stats = dist_utils.mean_over_ranks(stats, env)
             loss_value = stats["loss"]
@@ -445,6 +446,16 @@ def train(config: TrainConfig) -> TrainResult:
     dist_utils.teardown(env)
     return TrainResult(step=step, final_loss=loss_value, model_dir=model_dir if env.is_main else None,
                        seconds=time.time() - start_time, model=lion)
+
+
+def total_loss(token_loss: torch.Tensor, auxiliary: dict[str, torch.Tensor], labels: torch.Tensor,
+               config: TrainConfig) -> torch.Tensor:
+    """The loss a step minimises: the answer loss of the [B, L] per-token losses, plus each
+    auxiliary loss times its `data.*` weight."""
+    loss = answer_loss(token_loss, labels != -100, config.optim.loss_average)
+    for name, value in auxiliary.items():
+        loss = loss + getattr(config.data, name) * value
+    return loss
 
 
 def answer_loss(token_loss: torch.Tensor, mask: torch.Tensor, average: str) -> torch.Tensor:
@@ -486,6 +497,21 @@ def enable_gradient_checkpointing(lion: LionModel) -> None:
         part = getattr(lion, name, None)
         if part is not None:
             part.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+
+def compile_stacks(lion: LionModel) -> None:
+    """torch.compile the model's transformer stacks in place, so parameter names (checkpoints,
+    saved models) are unchanged; dynamic shapes, because question and answer lengths change every
+    step."""
+    # Under DDP, dynamo splits each graph at gradient-bucket boundaries, and with dynamic shapes
+    # inductor then fails on the Q-Former's embeddings (torch 2.13: "ValueRangeError: Invalid
+    # ranges"); whole graphs compile, and the stacks are small enough that the overlap lost is
+    # not measurable here.
+    torch._dynamo.config.optimize_ddp = False
+    branches = [getattr(lion, name, None) for name in ("qformer", "aggregator")]  # per visual_input
+    for stack in (lion.vision_model, *branches, lion.language_model.encoder, lion.language_model.decoder):
+        if stack is not None:
+            stack.compile(dynamic=True)
 
 
 def _loss_stats(token_loss: torch.Tensor, mask: torch.Tensor, task_index: torch.Tensor) -> dict[str, float]:
