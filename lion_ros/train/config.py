@@ -153,7 +153,7 @@ class RunSection:
     bf16: bool = True  # autocast on CUDA only
     # torch.compile the five transformer stacks (ViT, Q-Former, aggregator, T5 encoder and
     # decoder) with dynamic shapes: the first steps pay a compile of one to two minutes, then a
-    # stage-0 step of lion-nano runs about 1.5x faster on a CPU (bench/bench_train_step.py).
+    # stage-0 step of lion-nano runs about 1.2x faster on a CPU (bench/bench_train_step.py).
     compile: bool = False
     threads: int = 0  # torch.set_num_threads on CPU; 0 leaves torch's default
     log_every: int = 10

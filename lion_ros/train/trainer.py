@@ -331,7 +331,6 @@ def train(config: TrainConfig) -> TrainResult:
     lion = build_model(config, tokenizers)
     lion.apply_dtype_policy(env.device, config.model.dtype_policy)
     counts = apply_freeze_policy(lion, config.stage)
-    skipped_adapters = skip_idle_adapters(lion)
     if config.model.gradient_checkpointing:
         enable_gradient_checkpointing(lion)
     if config.run.compile:
@@ -340,6 +339,7 @@ def train(config: TrainConfig) -> TrainResult:
     resume_dir = find_resume(config.run.resume, out_dir)
     if resume_dir is not None:
         lion.load_checkpoint(resume_dir)  # before wrapping, so FSDP shards the resumed weights
+    skipped_adapters = skip_idle_adapters(lion)  # on the weights it resumes from
     lion.to(env.device)
     uses_patch_labels = config.data.dense_supervision > 0 or config.data.dense_words > 0
     dense_targets = config.data.dense_targets if uses_patch_labels else []
