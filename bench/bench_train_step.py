@@ -20,16 +20,15 @@ from typing import Callable
 
 import torch
 
-from lion_ros.data.synthetic import patch_label_classes
 from lion_ros.model.adapters import MixtureOfAdapters
 from lion_ros.model.lion import LionModel
-from lion_ros.preprocess import PreprocessConfig
+from lion_ros.tokenization import LionTokenizers
 from lion_ros.train import distributed as dist_utils
 from lion_ros.train.config import TrainConfig
 from lion_ros.train.data import STAGE_TASKS, Collator, SyntheticBatches, TrainBatch
 from lion_ros.train.stages import apply_freeze_policy, build_model, set_train_mode, skip_idle_adapters
 from lion_ros.train.tokenizers import prepare_tokenizers
-from lion_ros.train.trainer import TrainingModule, compile_stacks, param_groups, total_loss
+from lion_ros.train.trainer import build_training_module, compile_stacks, param_groups, patch_targets, total_loss
 
 
 def main() -> None:
@@ -50,17 +49,14 @@ def main() -> None:
     apply_freeze_policy(lion, config.stage)
     if not skip_idle_adapters(lion):
         raise SystemExit(f"stage {config.stage} has no idle adapters to skip: nothing to compare")
-    dense = config.data.dense_targets if config.data.dense_supervision > 0 else []
     compiled = copy.deepcopy(lion)
     compile_stacks(compiled)
     variants = {"adapters run": (lion, False), "adapters skipped": (lion, True),
                 "skipped + compiled": (compiled, True)}
-    steppers = {model: _stepper(model, config, dense) for model in (lion, compiled)}
-    vision = lion.config.vision
-    collator = Collator(tokenizers, config.data, PreprocessConfig(image_size=vision.image_size),
-                        qformer_max_tokens=lion.config.qformer.max_position_embeddings, patch_grid=vision.patch_grid)
-    dataset = SyntheticBatches(config.data, collator, STAGE_TASKS[config.stage], config.run.seed,
-                               patch_grid=vision.patch_grid, patch_targets=dense)
+    steppers = {model: _stepper(model, config, tokenizers) for model in (lion, compiled)}
+    dataset = SyntheticBatches(config.data, Collator.for_model(tokenizers, config.data, lion.config),
+                               STAGE_TASKS[config.stage], config.run.seed, patch_grid=lion.config.vision.patch_grid,
+                               patch_targets=patch_targets(config.data))
     batches = [dataset[k] for k in range(args.steps)]
     questions = sum(batch.num_questions for batch in batches)
 
@@ -83,15 +79,15 @@ def main() -> None:
               f"  {baseline / median:.2f}x")
 
 
-def _stepper(lion: LionModel, config: TrainConfig, dense: list[str]) -> Callable[[TrainBatch], None]:
+def _stepper(lion: LionModel, config: TrainConfig, tokenizers: LionTokenizers) -> Callable[[TrainBatch], None]:
     """One optimizer step of `lion` on a batch, as the trainer takes it."""
-    module = TrainingModule(lion, config.data.length_groups, patch_label_classes(dense) if dense else ())
+    module = build_training_module(lion, config, tokenizers)
     optimizer = torch.optim.AdamW(param_groups(module, config.optim.weight_decay), lr=config.optim.lr)
     set_train_mode(module, lion, config.stage)
 
     def step(batch: TrainBatch) -> None:
         with lion.route(batch.task_index):
-            loss = total_loss(*module(batch), batch.labels, config)
+            loss = total_loss(*module(batch), batch.labels != -100, config)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
         optimizer.step()

@@ -19,7 +19,6 @@ import dataclasses
 import torch
 
 from lion_ros.model.lion import ImageFeatures, LionModel
-from lion_ros.preprocess import PreprocessConfig
 from lion_ros.tokenization import LionTokenizers
 from lion_ros.train.config import TrainConfig
 from lion_ros.train.data import STAGE_TASKS, Collator, SyntheticBatches
@@ -51,8 +50,7 @@ def main() -> None:
     lion = LionModel.from_pretrained(args.model).eval()
     tokenizers = LionTokenizers.load(args.model)
     config = TrainConfig.load(args.config)
-    collator = Collator(tokenizers, config.data, PreprocessConfig(image_size=lion.config.vision.image_size),
-                        qformer_max_tokens=lion.config.qformer.max_position_embeddings)
+    collator = Collator.for_model(tokenizers, config.data, lion.config)
     batches = SyntheticBatches(config.data, collator, STAGE_TASKS[config.stage], seed=HELD_OUT_SEED)
     module = TrainingModule(lion, config.data.length_groups)
     encode_image = lion.encode_image

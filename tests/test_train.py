@@ -387,17 +387,15 @@ def test_stage1_2_3_chain_keeps_vit_and_t5_frozen(tokenizer_dir: Path, stage0_di
             assert torch.equal(tensor, stage0[name]), name
 
 
-def tiny_model_and_batch(config: TrainConfig, tokenizers: LionTokenizers, **collator_options: object):
+def tiny_model_and_batch(config: TrainConfig, tokenizers: LionTokenizers):
     """lion-tiny built for `config`, in eval mode (no dropout: passes compare exactly), and the first
     synthetic batch of its stage."""
-    from lion_ros.preprocess import PreprocessConfig
     from lion_ros.train.data import STAGE_TASKS, Collator, SyntheticBatches
     from lion_ros.train.stages import build_model
 
     torch.manual_seed(0)
     lion = build_model(config, tokenizers).eval()
-    collator = Collator(tokenizers, config.data, PreprocessConfig(image_size=lion.config.vision.image_size),
-                        qformer_max_tokens=lion.config.qformer.max_position_embeddings, **collator_options)
+    collator = Collator.for_model(tokenizers, config.data, lion.config)
     return lion, SyntheticBatches(config.data, collator, STAGE_TASKS[config.stage], seed=0)[0]
 
 
@@ -491,7 +489,7 @@ def test_attention_supervision_reads_the_qformers_own_cross_attention(tokenizer_
 
     config = tiny_config(tokenizer_dir, tmp_path, data={"attention_supervision": 1.0})
     grid = LionConfig.preset(config.model.preset).vision.patch_grid
-    lion, batch = tiny_model_and_batch(config, LionTokenizers.load(tokenizer_dir), patch_grid=grid)
+    lion, batch = tiny_model_and_batch(config, LionTokenizers.load(tokenizer_dir))
     assert batch.evidence_mask.shape == (batch.num_questions, grid * grid) and batch.evidence_mask.any()
 
     recorder = QFormerCrossAttention(lion)

@@ -26,6 +26,7 @@ from lion_ros.data.images import load_rgb
 from lion_ros.data.sample import Sample
 from lion_ros.data.sources import load_source
 from lion_ros.data.synthetic import SyntheticDataset, patch_labels, patch_mask
+from lion_ros.model.config import LionConfig
 from lion_ros.preprocess import PreprocessConfig, preprocess_image
 from lion_ros.prompts import build_qformer_prompt, build_t5_prompt
 from lion_ros.tokenization import LionTokenizers
@@ -81,6 +82,12 @@ class Collator:
         self.patch_grid = patch_grid
         # The Q-Former's text positions are learned embeddings: never exceed their number.
         self.qformer_max_tokens = min(config.max_prompt_tokens, qformer_max_tokens)
+
+    @classmethod
+    def for_model(cls, tokenizers: LionTokenizers, config: DataSection, model: LionConfig) -> "Collator":
+        """The collator of `model`'s inputs: its image size, Q-Former text positions and patch grid."""
+        return cls(tokenizers, config, PreprocessConfig(image_size=model.vision.image_size),
+                   qformer_max_tokens=model.qformer.max_position_embeddings, patch_grid=model.vision.patch_grid)
 
     def __call__(self, groups: Sequence[tuple[np.ndarray, list[Sample], Optional[np.ndarray]]],
                  rng: np.random.Generator) -> TrainBatch:

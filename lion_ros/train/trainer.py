@@ -28,11 +28,10 @@ from tqdm import tqdm
 from lion_ros.api import TaskKind
 from lion_ros.data.synthetic import OBJECT_LABEL_NAMES, PLURALS, patch_label_classes
 from lion_ros.model.lion import ImageFeatures, LionModel
-from lion_ros.preprocess import PreprocessConfig
 from lion_ros.tokenization import LionTokenizers
 
 from . import distributed as dist_utils
-from .config import OptimSection, TrainConfig
+from .config import DataSection, OptimSection, TrainConfig
 from .data import STAGE_TASKS, BatchStream, Collator, FileBatches, ImageBatches, SyntheticBatches, TrainBatch
 from .stages import apply_freeze_policy, build_model, set_train_mode, skip_idle_adapters
 from .tokenizers import prepare_tokenizers
@@ -341,16 +340,8 @@ def train(config: TrainConfig) -> TrainResult:
         lion.load_checkpoint(resume_dir)  # before wrapping, so FSDP shards the resumed weights
     skipped_adapters = skip_idle_adapters(lion)  # on the weights it resumes from
     lion.to(env.device)
-    uses_patch_labels = config.data.dense_supervision > 0 or config.data.dense_words > 0
-    dense_targets = config.data.dense_targets if uses_patch_labels else []
-    training_module = TrainingModule(
-        lion, config.data.length_groups,
-        patch_label_classes(dense_targets) if config.data.dense_supervision > 0 else (),
-        config.data.attention_supervision > 0,
-        patch_word_ids(tokenizers) if config.data.dense_words > 0 else None,
-        label_word_ids(tokenizers) if config.data.word_attention > 0 else None,
-        config.data.aggregator_dropout,
-    ).to(env.device)  # the dense probe is made here, after the model moved
+    # The dense probe is made here, after the model moved.
+    training_module = build_training_module(lion, config, tokenizers).to(env.device)
     module = dist_utils.wrap(training_module, config.run, env)
     optimizer = torch.optim.AdamW(
         param_groups(module, config.optim.weight_decay), lr=config.optim.lr, betas=config.optim.betas,
@@ -362,18 +353,14 @@ def train(config: TrainConfig) -> TrainResult:
         step, seconds_before = load_trainer_state(resume_dir, module, optimizer, env, training_module.probe)
         log.info("resumed from %s at step %d (%.1f min of training before)", resume_dir, step, seconds_before / 60)
 
-    vision = lion.config.vision
-    collator = Collator(
-        tokenizers, config.data, PreprocessConfig(image_size=vision.image_size),
-        qformer_max_tokens=lion.config.qformer.max_position_embeddings, patch_grid=vision.patch_grid,
-    )
+    collator = Collator.for_model(tokenizers, config.data, lion.config)
     if config.data.files:
         dataset: ImageBatches = FileBatches(config.data, collator, STAGE_TASKS[config.stage], config.run.seed,
                                             env.rank, env.world_size)
     else:
         dataset = SyntheticBatches(
             config.data, collator, STAGE_TASKS[config.stage], config.run.seed, env.rank, env.world_size,
-            patch_grid=vision.patch_grid, patch_targets=dense_targets,
+            patch_grid=lion.config.vision.patch_grid, patch_targets=patch_targets(config.data),
         )
     stream = iter(BatchStream(dataset, step, config.data.num_workers, seed=config.run.seed))
     if env.is_main:
@@ -399,7 +386,8 @@ def train(config: TrainConfig) -> TrainResult:
         with lion.route(batch.task_index):
             with autocast:
                 token_loss, auxiliary = module(batch)
-            loss = total_loss(token_loss, auxiliary, batch.labels, config)
+            mask = batch.labels != -100
+            loss = total_loss(token_loss, auxiliary, mask, config)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
         grad_norm = dist_utils.clip_grad_norm(module, config.optim.grad_clip)
@@ -411,7 +399,7 @@ def train(config: TrainConfig) -> TrainResult:
         elapsed = dist_utils.max_over_ranks(seconds_before + time.time() - start_time, env)
 
         if step % config.run.log_every == 0 or step == config.optim.steps:
-            stats = _loss_stats(token_loss.detach(), batch.labels != -100, batch.task_index)
+            stats = _loss_stats(token_loss.detach(), mask, batch.task_index)
             stats.update({AUXILIARY_LOSSES[name]: float(value.detach()) for name, value in auxiliary.items()})
             stats = dist_utils.mean_over_ranks(stats, env)
             loss_value = stats["loss"]
@@ -448,11 +436,29 @@ def train(config: TrainConfig) -> TrainResult:
                        seconds=time.time() - start_time, model=lion)
 
 
-def total_loss(token_loss: torch.Tensor, auxiliary: dict[str, torch.Tensor], labels: torch.Tensor,
+def build_training_module(lion: LionModel, config: TrainConfig, tokenizers: LionTokenizers) -> TrainingModule:
+    """The stage's training module, with the auxiliary losses its `data.*` weights turn on."""
+    data = config.data
+    return TrainingModule(
+        lion, data.length_groups,
+        patch_label_classes(data.dense_targets) if data.dense_supervision > 0 else (),
+        data.attention_supervision > 0,
+        patch_word_ids(tokenizers) if data.dense_words > 0 else None,
+        label_word_ids(tokenizers) if data.word_attention > 0 else None,
+        data.aggregator_dropout,
+    )
+
+
+def patch_targets(data: DataSection) -> list[str]:
+    """The patch-label groups each image's batch must carry (dense supervision, dense words)."""
+    return data.dense_targets if data.dense_supervision > 0 or data.dense_words > 0 else []
+
+
+def total_loss(token_loss: torch.Tensor, auxiliary: dict[str, torch.Tensor], mask: torch.Tensor,
                config: TrainConfig) -> torch.Tensor:
-    """The loss a step minimises: the answer loss of the [B, L] per-token losses, plus each
-    auxiliary loss times its `data.*` weight."""
-    loss = answer_loss(token_loss, labels != -100, config.optim.loss_average)
+    """The loss a step minimises: the answer loss of the [B, L] per-token losses and their mask,
+    plus each auxiliary loss times its `data.*` weight."""
+    loss = answer_loss(token_loss, mask, config.optim.loss_average)
     for name, value in auxiliary.items():
         loss = loss + getattr(config.data, name) * value
     return loss
