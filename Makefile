@@ -10,7 +10,7 @@ bootstrap:
 
 ## Run the node on lion-nano with a synthetic camera and ask it real questions.
 demo: bootstrap
-	@$(VENV)/bin/python -m lion_ros.demo
+	@$(VENV)/bin/python -m lion_ros.ros.demo
 
 ## Run the test suite (CPU only; GPU tests skip with a reason). No test collected is a failure.
 test: bootstrap

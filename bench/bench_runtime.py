@@ -17,7 +17,7 @@ import torch
 
 from lion_ros.api import TaskKind
 from lion_ros.data.synthetic import render_scene
-from lion_ros.ros.params import SHIPPED_MODEL
+from lion_ros.serving.parameters import SHIPPED_MODEL
 from lion_ros.runtime.backends import BACKEND_CLASSES, load_runtime
 from lion_ros.runtime.base import GenerationSettings
 from timing import median_ms  # bench/timing.py

@@ -27,7 +27,7 @@ from lion_ros.train import distributed as dist_utils
 from lion_ros.train.config import TrainConfig
 from lion_ros.train.data import STAGE_TASKS, Collator, SyntheticBatches, TrainBatch
 from lion_ros.train.stages import apply_freeze_policy, build_model, set_train_mode, skip_idle_adapters
-from lion_ros.train.tokenizers import prepare_tokenizers
+from lion_ros.train.tokenizer_training import prepare_tokenizers
 from lion_ros.train.trainer import build_training_module, compile_stacks, param_groups, patch_targets, total_loss
 
 

@@ -36,7 +36,7 @@ def tokenizer_dir(tmp_path_factory):
     """nano-style tokenizers (small vocabularies) trained on 40 synthetic scenes, for training tests."""
     from lion_ros.data.synthetic import SyntheticConfig
     from lion_ros.train.config import TokenizerTraining
-    from lion_ros.train.tokenizers import build_nano_tokenizers
+    from lion_ros.train.tokenizer_training import build_nano_tokenizers
 
     directory = tmp_path_factory.mktemp("tokenizers")
     build_nano_tokenizers(TokenizerTraining(t5_vocab_size=300, qformer_vocab_size=300, corpus_scenes=40),

@@ -13,7 +13,7 @@ from lion_ros.data.synthetic import SyntheticConfig
 from lion_ros.eval.cli import HEADLINE, evaluate, main, synthetic_source
 from lion_ros.model import LionConfig, LionModel
 from lion_ros.train.config import TokenizerTraining
-from lion_ros.train.tokenizers import build_nano_tokenizers
+from lion_ros.train.tokenizer_training import build_nano_tokenizers
 
 
 class EchoRuntime:

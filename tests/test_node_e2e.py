@@ -10,8 +10,8 @@ pytestmark = pytest.mark.ros
 from ros_harness import Harness, rgb_image  # noqa: E402
 
 from lion_ros.msg import ErrorCode  # noqa: E402
-from lion_ros.ros.params import NodeParams  # noqa: E402
-from lion_ros.ros.runtime_factory import make_runtime  # noqa: E402
+from lion_ros.serving.parameters import NodeParams  # noqa: E402
+from lion_ros.serving.runtime_factory import make_runtime  # noqa: E402
 
 
 def ask_both(harness: Harness):

@@ -14,7 +14,7 @@ from rclpy.executors import SingleThreadedExecutor  # noqa: E402
 from rclpy.parameter import Parameter  # noqa: E402
 from sensor_msgs.msg import CameraInfo, Image  # noqa: E402
 
-from lion_ros import demo  # noqa: E402
+from lion_ros.ros import demo  # noqa: E402
 from lion_ros.ros import ask_client  # noqa: E402
 from lion_ros.ros.synthetic_camera import SyntheticCamera  # noqa: E402
 from ros_harness import Harness, wait_for  # noqa: E402

@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from lion_ros.ros.params import NodeParams, SyntheticCameraParams, markdown_table
+from lion_ros.serving.parameters import NodeParams, SyntheticCameraParams, markdown_table
 
 README = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
 
@@ -12,7 +12,7 @@ README = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding=
 def test_readme_has_the_current_parameter_table(params):
     assert markdown_table(params) in README, (
         f"README's {params.__name__} table is out of date: regenerate it with "
-        f"lion_ros.ros.params.markdown_table({params.__name__})"
+        f"lion_ros.serving.parameters.markdown_table({params.__name__})"
     )
 
 

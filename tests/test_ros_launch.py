@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lion_ros.ros.params import NodeParams, SyntheticCameraParams, flatten_yaml, markdown_table, specs
+from lion_ros.serving.parameters import NodeParams, SyntheticCameraParams, flatten_yaml, markdown_table, specs
 
 REPO = Path(__file__).resolve().parents[1]
 NODE_PARAMS = {"lion_node": NodeParams, "synthetic_camera": SyntheticCameraParams}

@@ -9,13 +9,13 @@ import cv2
 import numpy as np
 import pytest
 
-from lion_ros.ros import images
-from lion_ros.ros.depth import box_depth, box_position, scaled_k
-from lion_ros.ros.errors import AskError, ErrorCode
-from lion_ros.ros.frames import LruCache
-from lion_ros.ros.params import NodeParams, StandingQuerySpec, from_mapping, specs
-from lion_ros.ros.standing import StandingSchedule
-from lion_ros.ros.worker import RequestWorker
+from lion_ros.serving import images
+from lion_ros.serving.depth import box_depth, box_position, scaled_k
+from lion_ros.serving.errors import AskError, ErrorCode
+from lion_ros.serving.frames import LruCache
+from lion_ros.serving.parameters import NodeParams, StandingQuerySpec, from_mapping, specs
+from lion_ros.serving.standing import StandingSchedule
+from lion_ros.serving.worker import RequestWorker
 from lion_ros.runtime.base import RequestCancelled
 
 RGB = np.arange(5 * 7 * 3, dtype=np.uint8).reshape(5, 7, 3)
@@ -204,8 +204,8 @@ def test_error_codes_match_the_message_definition():
 
 
 def test_make_runtime_says_what_is_missing(tmp_path, monkeypatch):
-    from lion_ros.ros import runtime_factory
-    from lion_ros.ros.runtime_factory import RuntimeUnavailable, make_runtime
+    from lion_ros.serving import runtime_factory
+    from lion_ros.serving.runtime_factory import RuntimeUnavailable, make_runtime
 
     monkeypatch.setitem(runtime_factory.BACKEND_CLASSES, "tensorrt", ("lion_ros.runtime.not_built", "X"))
     with pytest.raises(RuntimeUnavailable, match="does not exist"):
@@ -220,7 +220,7 @@ def test_repetition_penalty_zero_takes_the_models_own(tmp_path):
     import json
 
     from lion_ros.api import GENERATION_CONFIG_NAME
-    from lion_ros.ros.params import SHIPPED_MODEL
+    from lion_ros.serving.parameters import SHIPPED_MODEL
 
     def resolved(model_dir, penalty=0.0):
         return NodeParams(model_path=str(model_dir), generation_repetition_penalty=penalty) \
@@ -244,7 +244,7 @@ def test_make_runtime_dispatches_by_backend_name(tmp_path, monkeypatch):
     import sys
     import types
 
-    from lion_ros.ros import runtime_factory
+    from lion_ros.serving import runtime_factory
 
     calls = []
     module = types.ModuleType("fake_backend")
@@ -269,7 +269,7 @@ def test_make_runtime_reports_missing_tensorrt_cleanly(tmp_path):
     if importlib.util.find_spec("tensorrt") is not None:
         pytest.skip("tensorrt is installed here; this checks the message where it is absent")
     from tiny_lion import save_model_dir, tiny_model, tiny_tokenizers
-    from lion_ros.ros.runtime_factory import RuntimeUnavailable, make_runtime
+    from lion_ros.serving.runtime_factory import RuntimeUnavailable, make_runtime
 
     tokenizers = tiny_tokenizers()
     model_dir = save_model_dir(tmp_path / "m", tiny_model(tokenizers), tokenizers)

@@ -21,7 +21,7 @@ import cv2
 import numpy as np
 
 from lion_ros.api import Answer, TaskKind, model_generation_defaults
-from lion_ros.ros.params import SHIPPED_MODEL
+from lion_ros.serving.parameters import SHIPPED_MODEL
 from lion_ros.runtime.base import GenerationSettings
 
 TASKS = {"auto": None, "image": TaskKind.IMAGE, "region": TaskKind.REGION}
@@ -61,7 +61,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"lion-ask: error: {exc}", file=sys.stderr)
         return 1
     if args.save_annotated is not None:
-        from lion_ros.ros.annotate import annotate  # plain OpenCV, no ROS
+        from lion_ros.serving.annotate import annotate  # plain OpenCV, no ROS
 
         args.save_annotated.parent.mkdir(parents=True, exist_ok=True)
         annotated = annotate(rgb, answer.boxes, answer.text)

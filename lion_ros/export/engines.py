@@ -27,6 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+from lion_ros.runtime.backends import ENGINE_BACKENDS
+
 log = logging.getLogger(__name__)
 
 METADATA_NAME = "metadata.json"
@@ -37,7 +39,6 @@ METADATA_FORMAT = 1
 MODEL_FILES = ("config.json",)
 WEIGHT_GLOBS = ("model.safetensors", "model-*-of-*.safetensors", "model.safetensors.index.json")
 TOKENIZER_DIRS = ("tokenizer", "qformer_tokenizer")
-BACKENDS = ("onnxruntime", "tensorrt")
 
 
 class EngineMismatchError(ValueError):
@@ -319,8 +320,8 @@ def prepare(
     checked). A missing directory is always built (that is not a mismatch); a mismatching one only
     with `rebuild_on_mismatch`. `model_dir` defaults to the source recorded in the metadata.
     """
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if backend not in ENGINE_BACKENDS:
+        raise ValueError(f"backend must be one of {ENGINE_BACKENDS}, got {backend!r}")
     engine_dir = Path(engine_dir)
     environment = TensorRTEnvironment.detect() if backend == "tensorrt" else None
     metadata = EngineMetadata.load(engine_dir) if (engine_dir / METADATA_NAME).exists() else None

@@ -127,7 +127,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     from rclpy.action import ActionClient
     from rclpy.executors import SingleThreadedExecutor
     from lion_ros.action import Ask as AskAction
-    from lion_ros.ros.errors import ErrorCode
+    from lion_ros.serving.errors import ErrorCode
 
     if not args.question.strip():
         print("lion-ask-ros: the question is empty", file=sys.stderr)

@@ -6,9 +6,9 @@ from typing import Optional
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from std_msgs.msg import Header
 
-from lion_ros.ros.frames import FrameStore
-from lion_ros.ros.latency import LatencyWindow
-from lion_ros.ros.worker import RequestWorker
+from lion_ros.serving.frames import FrameStore
+from lion_ros.serving.latency import LatencyWindow
+from lion_ros.serving.worker import RequestWorker
 
 OK, WARN, ERROR = DiagnosticStatus.OK, DiagnosticStatus.WARN, DiagnosticStatus.ERROR
 

@@ -8,7 +8,7 @@ from builtin_interfaces.msg import Duration
 from visualization_msgs.msg import Marker, MarkerArray
 
 from lion_ros.api import GroundedBox
-from lion_ros.ros.pipeline import Position
+from lion_ros.serving.requests import Position
 
 _SPHERE_M = 0.05
 _LIFETIME = Duration(sec=5)  # markers of an answer that is not refreshed fade out

@@ -7,8 +7,8 @@ from lion_ros.msg import Position3D, SceneAnswer, Timings
 from vision_msgs.msg import Detection2D, Detection2DArray, ObjectHypothesisWithPose
 
 from lion_ros.api import GroundedBox
-from lion_ros.ros.errors import AskError, ErrorCode
-from lion_ros.ros.pipeline import TASK_VALUES, Outcome, Position
+from lion_ros.serving.errors import AskError, ErrorCode
+from lion_ros.serving.requests import TASK_VALUES, Outcome, Position
 
 
 def detections(header: Any, boxes: Sequence[GroundedBox]) -> Detection2DArray:

@@ -35,19 +35,19 @@ from visualization_msgs.msg import MarkerArray
 
 from lion_ros.runtime.base import GenerationSettings, LionRuntime
 from lion_ros.ros import messages
-from lion_ros.ros.annotate import annotate
+from lion_ros.serving.annotate import annotate
 from lion_ros.ros.diagnostics import diagnostics
-from lion_ros.ros.errors import AskError, ErrorCode
-from lion_ros.ros.frames import FrameStore
-from lion_ros.ros.images import fill_image
-from lion_ros.ros.latency import LatencyWindow
+from lion_ros.serving.errors import AskError, ErrorCode
+from lion_ros.serving.frames import FrameStore
+from lion_ros.serving.images import fill_image
+from lion_ros.serving.latency import LatencyWindow
 from lion_ros.ros.markers import markers
-from lion_ros.ros.params import NodeParams, StandingQuerySpec, check_standing_query
-from lion_ros.ros.pipeline import TASKS, Outcome, Pipeline, Request
-from lion_ros.ros.ros_parameters import declare, read
-from lion_ros.ros.runtime_factory import RuntimeUnavailable, make_runtime
-from lion_ros.ros.standing import StandingSchedule
-from lion_ros.ros.worker import Job, RequestWorker
+from lion_ros.serving.parameters import NodeParams, StandingQuerySpec, check_standing_query
+from lion_ros.serving.requests import TASKS, Outcome, Request, RequestHandler
+from lion_ros.ros.declare import declare, read
+from lion_ros.serving.runtime_factory import RuntimeUnavailable, make_runtime
+from lion_ros.serving.standing import StandingSchedule
+from lion_ros.serving.worker import Job, RequestWorker
 
 RuntimeFactory = Callable[[NodeParams], LionRuntime]
 _STANDING_TICK_S = 0.05
@@ -67,7 +67,7 @@ class LionNode(LifecycleNode):
         self._runtime: Optional[LionRuntime] = None
         self._runtime_error = ""
         self._store: Optional[FrameStore] = None
-        self._pipeline: Optional[Pipeline] = None
+        self._pipeline: Optional[RequestHandler] = None
         self._worker: Optional[RequestWorker] = None
         self._camera_subs: list[Any] = []
         self._latency = LatencyWindow()
@@ -120,7 +120,7 @@ class LionNode(LifecycleNode):
         self._runtime_error = ""
         self._params = params
         self._store = FrameStore(params.cameras)
-        self._pipeline = Pipeline(params, self._store, self._runtime)
+        self._pipeline = RequestHandler(params, self._store, self._runtime)
         self._subscribe(params)
         self._standing.set([self._resolve_standing(q) for q in params.standing_query_specs()])
         self._state = "inactive"
@@ -234,7 +234,7 @@ class LionNode(LifecycleNode):
             progress("queued", "", 0)
         return request, self._submit(worker, pipeline, request), worker
 
-    def _submit(self, worker: RequestWorker, pipeline: Pipeline, request: Request, only_if_idle: bool = False) -> Job:
+    def _submit(self, worker: RequestWorker, pipeline: RequestHandler, request: Request, only_if_idle: bool = False) -> Job:
         job = worker.submit(lambda j: pipeline.run(request, j.cancel, j.accepted, j.queue_ms),
                             request.timeout_s, only_if_idle=only_if_idle)
         job.future.add_done_callback(lambda future: self._publish(request, future))

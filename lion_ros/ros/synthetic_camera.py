@@ -15,9 +15,9 @@ from rclpy.node import Node
 from sensor_msgs.msg import CameraInfo, Image
 
 from lion_ros.data.synthetic import Scene, SceneConfig, render_scene, scene_seed
-from lion_ros.ros.images import fill_image
-from lion_ros.ros.params import SyntheticCameraParams
-from lion_ros.ros.ros_parameters import declare, read
+from lion_ros.serving.images import fill_image
+from lion_ros.serving.parameters import SyntheticCameraParams
+from lion_ros.ros.declare import declare, read
 
 
 def render(params: SyntheticCameraParams, index: int) -> Scene:

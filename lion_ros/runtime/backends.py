@@ -13,6 +13,9 @@ BACKEND_CLASSES = {
     "onnxruntime": ("lion_ros.runtime.onnxruntime", "OnnxRuntimeRuntime"),
     "tensorrt": ("lion_ros.runtime.tensorrt", "TensorRTRuntime"),
 }
+BACKENDS = tuple(BACKEND_CLASSES)
+# Backends that run exported graphs (built by `lion-build-engines`) instead of the PyTorch model.
+ENGINE_BACKENDS = tuple(name for name in BACKENDS if name != "pytorch")
 
 
 def runtime_class(backend: str) -> type:

@@ -34,7 +34,7 @@ from . import distributed as dist_utils
 from .config import DataSection, OptimSection, TrainConfig
 from .data import STAGE_TASKS, BatchStream, Collator, FileBatches, ImageBatches, SyntheticBatches, TrainBatch
 from .stages import apply_freeze_policy, build_model, set_train_mode, skip_idle_adapters
-from .tokenizers import prepare_tokenizers
+from .tokenizer_training import prepare_tokenizers
 
 log = logging.getLogger(__name__)
 

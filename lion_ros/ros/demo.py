@@ -19,7 +19,7 @@ EXIT_OK, EXIT_FAILED, EXIT_MISSING = 0, 1, 2
 
 
 def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m lion_ros.demo", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m lion_ros.ros.demo", description=__doc__.splitlines()[0])
     parser.add_argument("--model-path", default="", help="model directory (default: the shipped lion-nano)")
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     parser.add_argument("--out", default="demo_out", help="folder for annotated images (default: ./demo_out)")
@@ -38,7 +38,7 @@ def scripted_questions(scene: Any) -> list[tuple[str, str, str]]:
 
 def main(argv: Optional[list[str]] = None) -> int:
     args = parse_args(argv)
-    from lion_ros.ros.params import SHIPPED_MODEL
+    from lion_ros.serving.parameters import SHIPPED_MODEL
 
     model_path = Path(args.model_path).expanduser() if args.model_path else SHIPPED_MODEL
     if not model_path.is_dir():
@@ -57,7 +57,7 @@ def main(argv: Optional[list[str]] = None) -> int:
 
     from lion_ros.action import Ask as AskAction
     from lion_ros.ros.ask_client import StreamPrinter, Unreachable, ask, format_result
-    from lion_ros.ros.errors import ErrorCode
+    from lion_ros.serving.errors import ErrorCode
     from lion_ros.ros.node import LionNode
     from lion_ros.ros.synthetic_camera import SyntheticCamera
 

@@ -17,11 +17,11 @@ import numpy as np
 
 from lion_ros.api import Answer, TaskKind
 from lion_ros.runtime.base import EncodedImage, GenerationSettings, LionRuntime, RequestCancelled
-from lion_ros.ros import images
-from lion_ros.ros.depth import box_position, scaled_k
-from lion_ros.ros.errors import AskError, ErrorCode
-from lion_ros.ros.frames import Frame, FrameStore, LruCache
-from lion_ros.ros.params import NodeParams, check_question, specs
+from lion_ros.serving import images
+from lion_ros.serving.depth import box_position, scaled_k
+from lion_ros.serving.errors import AskError, ErrorCode
+from lion_ros.serving.frames import Frame, FrameStore, LruCache
+from lion_ros.serving.parameters import NodeParams, check_question, specs
 
 # Ask TASK_* values <-> the runtime's task kinds (TASK_AUTO = let the runtime infer it).
 TASKS: dict[int, Optional[TaskKind]] = {0: None, 1: TaskKind.IMAGE, 2: TaskKind.REGION}
@@ -67,7 +67,7 @@ class _EncodedFrame:
     tagger_tags: Optional[list[str]] = None
 
 
-class Pipeline:
+class RequestHandler:
     def __init__(self, params: NodeParams, store: FrameStore, runtime: LionRuntime):
         self.params = params
         self.store = store

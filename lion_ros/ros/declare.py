@@ -1,4 +1,4 @@
-"""Declare a parameter dataclass (lion_ros.ros.params) on an rclpy node and read it back."""
+"""Declare a parameter dataclass (lion_ros.serving.parameters) on an rclpy node and read it back."""
 from __future__ import annotations
 
 from typing import TypeVar
@@ -7,7 +7,7 @@ from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescri
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 
-from lion_ros.ros.params import from_mapping, specs
+from lion_ros.serving.parameters import from_mapping, specs
 
 T = TypeVar("T")
 

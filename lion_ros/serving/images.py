@@ -11,7 +11,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from lion_ros.ros.errors import AskError, ErrorCode
+from lion_ros.serving.errors import AskError, ErrorCode
 
 # encoding -> (numpy dtype, channels)
 _COLOUR = {"rgb8": (np.uint8, 3), "bgr8": (np.uint8, 3), "rgba8": (np.uint8, 4),

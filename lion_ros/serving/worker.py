@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
 from lion_ros.runtime.base import RequestCancelled
-from lion_ros.ros.errors import AskError, ErrorCode
+from lion_ros.serving.errors import AskError, ErrorCode
 
 
 @dataclass

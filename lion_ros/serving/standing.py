@@ -6,7 +6,7 @@ import threading
 from dataclasses import dataclass
 from typing import Callable, Optional, Sequence
 
-from lion_ros.ros.params import StandingQuerySpec
+from lion_ros.serving.parameters import StandingQuerySpec
 
 
 @dataclass

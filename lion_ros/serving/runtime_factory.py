@@ -1,7 +1,7 @@
 """Build the node's LionRuntime from its parameters (see lion_ros.runtime.backends)."""
 from __future__ import annotations
 
-from lion_ros.ros.params import NodeParams
+from lion_ros.serving.parameters import NodeParams
 from lion_ros.runtime.backends import BACKEND_CLASSES, load_runtime, runtime_class
 from lion_ros.runtime.base import LionRuntime
 

@@ -14,11 +14,11 @@ from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
 
 from lion_ros.api import GenerationSettings, model_generation_defaults
-from lion_ros.ros.errors import AskError, ErrorCode
+from lion_ros.runtime.backends import BACKENDS
+from lion_ros.serving.errors import AskError, ErrorCode
 
 PACKAGE_DIR = Path(__file__).resolve().parents[1]
 SHIPPED_MODEL = PACKAGE_DIR / "assets" / "lion-nano"
-BACKENDS = ("pytorch", "onnxruntime", "tensorrt")
 
 
 def param(default: Any, description: str, *, name: Optional[str] = None,
