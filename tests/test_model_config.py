@@ -80,3 +80,35 @@ def test_full_size_image_features_on_meta_device() -> None:
         features = model.encode_image(torch.empty(2, 3, 224, 224))
     assert features.qformer_input.shape == (2, 257, 1408)
     assert features.aggregator_tokens.shape == (2, 257, 2048)
+
+
+def test_overlay_lays_a_partial_config_over_a_preset() -> None:
+    tiny = LionConfig.preset("lion-tiny")
+    custom = tiny.overlay({"name": "custom", "vision": {"hidden_size": 48}, "aggregator": {"cross_layers": [0, 1]}})
+    assert custom.name == "custom" and custom.vision.hidden_size == 48
+    assert custom.aggregator.cross_layers == (0, 1)
+    assert dataclasses.replace(custom.vision, hidden_size=32) == tiny.vision  # the rest is the preset's
+    assert custom.qformer == tiny.qformer and custom.language == tiny.language
+    nano = LionConfig.preset("lion-nano")
+    assert tiny.overlay(nano.to_dict()) == nano  # a whole config.json replaces everything
+    assert tiny.overlay({}) == tiny
+    assert tiny.overlay({"initializer_range": 1}).initializer_range == 1  # JSON's 1 is a valid float
+
+
+@pytest.mark.parametrize(
+    "partial, message",
+    [
+        ({"vision": 3}, "vision must be an object of fields, got 3"),
+        ({"vision": {"hidden_size": "48"}}, "vision.hidden_size must be like 32, got '48'"),
+        ({"vision": {"qkv_bias": 1}}, "vision.qkv_bias must be like True, got 1"),
+        ({"language": {"vocab_size": 4.5}}, "language.vocab_size must be like 48, got 4.5"),
+        ({"aggregator": {"cross_layers": [1.5, 0]}}, r"aggregator.cross_layers must be like \(2, 1\)"),
+        ({"name": 7, "visual_input": "both"}, "name must be like 'lion-tiny', got 7"),
+        ({"vision": {"hidden_sise": 48}}, r"unknown VisionConfig fields: \['hidden_sise'\]"),
+        ({"vision_model": {}}, "unknown LionConfig fields"),
+        ({"visual_input": "both"}, "visual_input must be one of"),
+    ],
+)
+def test_overlay_names_bad_fields(partial: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        LionConfig.preset("lion-tiny").overlay(partial)

@@ -45,9 +45,10 @@ def tiny_config(tokenizers: LionTokenizers) -> LionConfig:
     return dataclasses.replace(config, language=language, qformer=qformer)
 
 
-def tiny_model(tokenizers: LionTokenizers, seed: int = 0) -> LionModel:
+def tiny_model(tokenizers: LionTokenizers, seed: int = 0, config: LionConfig | None = None) -> LionModel:
+    """A random model of `config` (default: `tiny_config`), its zero-initialised maps made to matter."""
     torch.manual_seed(seed)
-    model = LionModel(tiny_config(tokenizers)).eval()
+    model = LionModel(config or tiny_config(tokenizers)).eval()
     with torch.no_grad():  # adapters and aggregator start as zero maps; make them matter
         for name, param in model.named_parameters():
             if ".adapter." in name or "aggregator." in name:

@@ -5,25 +5,41 @@
 
 All inputs are local files (download them first, see lion-model.md §7). Strict: every tensor the
 model needs must come from an input and every input tensor must be used, except the documented
-drops; --allow-missing / --allow-unexpected relax that by pattern. Exit status: 0 converted,
-1 failed (the message names every offending tensor), 2 bad command line.
+drops; --allow-missing / --allow-unexpected relax that by pattern. A model size outside the presets
+is described by --config, a (partial) config.json laid over the preset. Exit status: 0 converted,
+1 failed (the message names every offending tensor or config field), 2 bad command line.
 """
 from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional, Sequence
 
 from lion_ros.model.config import PRESETS
-from lion_ros.model.convert import DTYPE_CHOICES, ConversionError, ConvertConfig, convert
+from lion_ros.model.convert import DTYPE_CHOICES, ConversionError, ConvertConfig, convert, load_overrides
+
+CONFIG_EPILOG = """\
+Model sizes outside the presets: --config CONFIG_JSON takes a JSON object in the layout of a
+model directory's config.json (sections vision, qformer, aggregator, language, adapter, plus
+name, visual_input, initializer_range, dtype_policy). It may be partial: its fields are laid over
+the preset (section by section; without --preset, the preset of FlanT5's d_model), everything it
+leaves out keeps the preset's value. T5's shape comes from the FlanT5 config.json, the
+vocabulary sizes and the soft-prompt id from the tokenizers; a --config value that contradicts
+them is an error. Example, a narrower ViT:
+  {"name": "lion-custom", "vision": {"hidden_size": 1024, "num_hidden_layers": 24,
+   "num_attention_heads": 16, "intermediate_size": 4096},
+   "aggregator": {"main_layer": 23, "cross_layers": [17, 11]}}
+"""
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="lion-convert",
-        description="Convert the official LION release (LION .pth, eva_vit_g.pth, FlanT5 and "
+        description="Convert the official LION release (LION .pth, eva_vit_g.pth, FlanT5 and\n"
         "bert-base-uncased directories) into a lion_ros model directory.",
+        epilog=CONFIG_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--lion", required=True, type=Path, help="LION checkpoint (.pth), e.g. LION-FlanT5-XL.pth")
     parser.add_argument("--eva", required=True, type=Path, help="EVA ViT-g weights, eva_vit_g.pth (LAVIS BLIP-2)")
@@ -32,10 +48,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--bert", required=True, type=Path, help="bert-base-uncased tokenizer directory")
     parser.add_argument("--out", required=True, type=Path, help="output model directory")
     parser.add_argument("--preset", choices=sorted(PRESETS),
-                        help="architecture besides T5 (default: lion-4b for FlanT5-XL, lion-12b for XXL)")
+                        help="architecture besides T5 (default: lion-4b for FlanT5-XL, lion-12b for XXL); "
+                             "the base --config is laid over")
+    parser.add_argument("--config", type=Path, metavar="CONFIG_JSON",
+                        help="(partial) config.json for a size outside the presets, see below")
     parser.add_argument("--dtype", choices=DTYPE_CHOICES, default="float32",
-                        help="storage dtype of floating tensors; 'mixed' = ViT fp16, T5 bf16, the rest fp32 "
-                             "(default float32)")
+                        help="storage dtype of floating tensors (default float32). 'mixed' = the official "
+                             "loader's dtypes on CUDA: the ViT's Linear and Conv weights and biases fp16 (its "
+                             "LayerNorms, q/v biases, cls_token and pos_embed fp32), T5 bf16, ln_vision, "
+                             "Q-Former, aggregator, projections, soft prompt and adapters fp32")
     parser.add_argument("--allow-missing", action="append", default=[], metavar="PATTERN",
                         help="fnmatch pattern over our tensor names that may be missing (they keep the "
                              "initialisation); repeatable")
@@ -46,16 +67,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    options = ConvertConfig(
-        preset=args.preset,
-        dtype=args.dtype,
-        allow_missing=tuple(args.allow_missing),
-        allow_unexpected=tuple(args.allow_unexpected),
-        max_shard_bytes=int(args.max_shard_gb * 1024**3),
-    )
     try:
+        options = ConvertConfig(
+            preset=args.preset,
+            overrides=load_overrides(args.config) if args.config else {},
+            dtype=args.dtype,
+            allow_missing=tuple(args.allow_missing),
+            allow_unexpected=tuple(args.allow_unexpected),
+            max_shard_bytes=int(args.max_shard_gb * 1024**3),
+        )
         report = convert(args.lion, args.eva, args.flan_t5, args.bert, args.out, options)
     except (ConversionError, FileNotFoundError, ValueError) as exc:
         print(f"lion-convert: error: {exc}", file=sys.stderr)

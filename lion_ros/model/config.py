@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -173,7 +174,7 @@ class LionConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "LionConfig":
+    def from_dict(cls, data: dict[str, Any]) -> LionConfig:
         data = dict(data)
         sections = {
             "vision": VisionConfig,
@@ -187,15 +188,43 @@ class LionConfig:
                 data[key] = _section_from_dict(section_cls, data[key])
         return _section_from_dict(cls, data)
 
+    def overlay(self, data: Mapping[str, Any]) -> LionConfig:
+        """This config with the fields of a partial `to_dict` laid over it, section by section.
+
+        Unknown fields and values of the wrong JSON type are errors (ValueError) naming them, so
+        a hand-written config.json fails here instead of deep inside the model's constructor.
+        """
+        merged = self.to_dict()
+        wrong = []
+        for key, value in data.items():
+            current = merged.get(key)
+            if isinstance(current, dict):
+                if not isinstance(value, Mapping):
+                    wrong.append(f"{key} must be an object of fields, got {value!r}")
+                    continue
+                wrong += [
+                    f"{key}.{name} must be like {current[name]!r}, got {v!r}"
+                    for name, v in value.items()
+                    if name in current and not _same_json_type(current[name], v)
+                ]
+                merged[key] = {**current, **value}
+            else:
+                if key in merged and not _same_json_type(current, value):
+                    wrong.append(f"{key} must be like {current!r}, got {value!r}")
+                merged[key] = value
+        if wrong:
+            raise ValueError("bad config fields: " + "; ".join(wrong))
+        return LionConfig.from_dict(merged)
+
     def save(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
 
     @classmethod
-    def load(cls, path: str | Path) -> "LionConfig":
+    def load(cls, path: str | Path) -> LionConfig:
         return cls.from_dict(json.loads(Path(path).read_text()))
 
     @classmethod
-    def preset(cls, name: str) -> "LionConfig":
+    def preset(cls, name: str) -> LionConfig:
         if name not in PRESETS:
             raise KeyError(f"unknown preset {name!r}; known: {sorted(PRESETS)}")
         return PRESETS[name]()
@@ -209,6 +238,18 @@ def _section_from_dict(section_cls: type, data: dict[str, Any]) -> Any:
     if "cross_layers" in data:  # JSON has no tuples
         data = {**data, "cross_layers": tuple(data["cross_layers"])}
     return section_cls(**data)
+
+
+def _same_json_type(current: Any, value: Any) -> bool:
+    """Whether `value` can stand for a field whose value is `current` (an int is a valid float)."""
+    if isinstance(current, (bool, str)):
+        return isinstance(value, type(current))
+    if isinstance(current, (int, float)):
+        numbers = (int,) if isinstance(current, int) else (int, float)
+        return isinstance(value, numbers) and not isinstance(value, bool)
+    if isinstance(current, (list, tuple)):  # elements like the first one
+        return isinstance(value, (list, tuple)) and (not current or all(_same_json_type(current[0], v) for v in value))
+    return True
 
 
 def lion_4b() -> LionConfig:
@@ -275,7 +316,8 @@ def lion_tiny() -> LionConfig:
     return LionConfig(
         name="lion-tiny",
         vision=VisionConfig(
-            image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=4, num_attention_heads=4, intermediate_size=64
+            image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=4, num_attention_heads=4,
+            intermediate_size=64,
         ),
         qformer=QFormerConfig(
             vocab_size=64,

@@ -27,6 +27,11 @@ bias), norm1/norm2 -> layer_norm1/2, attn.proj -> self_attn.projection, cls_toke
 embeddings.class_embedding, pos_embed -> embeddings.position_embedding, patch_embed.proj ->
 embeddings.patch_embedding.
 
+Architecture: a preset (`preset`, else the one of FlanT5's d_model), optionally with a partial
+config.json laid over it (`overrides`, the `LionConfig.to_dict` layout) for sizes no preset
+describes. T5's shape comes from FlanT5's config.json, the vocabulary sizes and the soft-prompt id
+from the tokenizers, lm_head tying from the weights; an override that contradicts them is an error.
+
 Deliberately dropped (reported, never an error): EVA blocks beyond the configured depth (LION,
 like BLIP-2, removes the 40th block of EVA-CLIP-g), the Q-Former's `position_ids` buffer (ours
 is rebuilt as arange; a non-arange one is an error) and T5's `{encoder,decoder}.embed_tokens`
@@ -35,11 +40,10 @@ copies of `shared` (tied). Everything else is strict: any expected tensor no sou
 unless a pattern of `allow_missing` (our names) / `allow_unexpected` (source names) matches it.
 An allowed missing tensor keeps the model's initialisation (seed 0).
 
-Dtypes: the release mixes fp32, bf16 (T5, some LION tensors) and fp16 (the ViT after LAVIS's cast).
-Every floating tensor is cast to `dtype`: "float32" (default; bf16/fp16 -> fp32 is exact, and the
-runtime casts again to its own precision policy at load), "bfloat16", "float16" (beware: bf16 T5
-weights can overflow fp16), or "mixed" (the official CUDA precisions: ViT fp16, T5 bf16, LION's
-modules and the adapters fp32). Integer tensors are kept.
+Dtypes: every floating tensor is cast to `dtype`: "float32" (default; bf16/fp16 -> fp32 is exact,
+and the runtime casts again to its own precision policy at load), "bfloat16", "float16" (beware:
+bf16 T5 weights can overflow fp16), or "mixed": each tensor in the dtype the official model holds
+it in after its CUDA load (`official_dtypes`). Integer tensors are kept.
 
 Security: .pth files are pickles. They are read with `torch.load(weights_only=True)` only, which
 refuses anything but tensors and plain containers instead of running code from the file.
@@ -52,12 +56,14 @@ import json
 import pickle
 import re
 import shutil
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Any
 
 import torch
 from safetensors.torch import load_file
+from torch import nn
 
 from .config import LionConfig
 from .lion import LionModel, parameter_group
@@ -84,7 +90,9 @@ class ConversionError(ValueError):
 
 @dataclass(frozen=True)
 class ConvertConfig:
-    preset: Optional[str] = None  # architecture besides T5; None: from FlanT5's d_model
+    preset: str | None = None  # architecture besides T5; None: from FlanT5's d_model
+    # A partial config.json laid over the preset (`LionConfig.overlay`): sizes no preset has.
+    overrides: Mapping[str, Any] = field(default_factory=dict)
     dtype: str = "float32"
     allow_missing: tuple[str, ...] = ()  # fnmatch patterns over our tensor names
     # fnmatch patterns over source names, bare or labelled by source: "Qformer.cls.*", "lion:Qformer.cls.*"
@@ -189,7 +197,7 @@ _LION_PREFIXES = (
 _LION_EXACT = {"query_tokens": "query_tokens", "soft_prompt_hint": "soft_prompt_hint"}
 
 
-def _eva_name(name: str) -> Optional[str]:
+def _eva_name(name: str) -> str | None:
     """EVA ViT names (q_bias / v_bias are merged separately)."""
     if name in _EVA_TOP:
         return _EVA_TOP[name]
@@ -210,7 +218,7 @@ def _qformer_name(name: str) -> str:
     return re.sub(r"\.(attention|crossattention)\.self\.", r".\1.attention.", name)
 
 
-def _lion_name(name: str) -> Optional[str]:
+def _lion_name(name: str) -> str | None:
     if name in _LION_EXACT:
         return _LION_EXACT[name]
     if name.startswith("Qformer.bert."):
@@ -239,7 +247,7 @@ class _Mapped:
         self.tensors[ours], self.origin[ours] = tensor, source_name
 
 
-def _map_eva(label: str, tensors: Tensors, depth: int, unwrap: Callable[[str], Optional[str]]) -> _Mapped:
+def _map_eva(label: str, tensors: Tensors, depth: int, unwrap: Callable[[str], str | None]) -> _Mapped:
     """EVA tensors whose names `unwrap` turns into EVA names (None: not an EVA tensor)."""
     out = _Mapped(label)
     biases: dict[str, dict[str, torch.Tensor]] = {}
@@ -318,34 +326,104 @@ def _copy_tokenizer(source: Path, target: Path) -> None:
         shutil.copyfile(file, target / file.name)
 
 
+def load_overrides(path: str | Path) -> dict[str, Any]:
+    """A (partial) config.json for `ConvertConfig.overrides`; checked for fields when laid over."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except OSError as exc:
+        raise ConversionError(f"cannot read the config {path}: {exc}") from exc
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ConversionError(f"the config {path} is not JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConversionError(f"the config {path} holds a JSON {type(data).__name__}, not an object of fields")
+    return data
+
+
+def base_config(t5_config: Mapping[str, Any], options: ConvertConfig) -> LionConfig:
+    """The architecture before the inputs fill in T5's shape and the vocabularies: the preset,
+    with `options.overrides` laid over it."""
+    preset = options.preset or PRESET_BY_D_MODEL.get(t5_config.get("d_model"))
+    if preset is None:
+        raise ConversionError(
+            f"cannot tell the LION size from FlanT5 d_model {t5_config.get('d_model')}: pass a preset "
+            "(the base the config overrides are laid over)"
+        )
+    try:
+        return LionConfig.preset(preset).overlay(options.overrides)
+    except ValueError as exc:
+        raise ConversionError(f"the config overrides do not fit: {exc}") from exc
+
+
 def build_config(
-    t5_config: dict, preset: str, soft_prompt_token_id: int, qformer_vocab_size: int, has_lm_head: bool
+    t5_config: Mapping[str, Any],
+    base: LionConfig,
+    soft_prompt_token_id: int,
+    qformer_vocab_size: int,
+    has_lm_head: bool,
+    overrides: Mapping[str, Any] | None = None,
 ) -> LionConfig:
-    """The preset's architecture with T5's shape from FlanT5's config.json and the vocabularies'
-    sizes; `dense_act_fn` stays exact GELU (the LAVIS / LION override of FlanT5's gelu_new).
+    """`base` with T5's shape from FlanT5's config.json and the vocabularies' sizes;
+    `dense_act_fn` stays the base's (exact GELU: the LAVIS / LION override of FlanT5's gelu_new).
 
     Whether lm_head is tied to the embeddings follows the weights (FlanT5 ships its own lm_head),
     not config.json: transformers 5 writes `tie_word_embeddings: true` for every T5 it saves.
+    A field of `overrides` (what the user asked for) that the inputs decide otherwise is an error.
     """
     if t5_config.get("model_type") != "t5":
         raise ConversionError(f"the FlanT5 config.json has model_type {t5_config.get('model_type')!r}, not 't5'")
-    config = LionConfig.preset(preset)
-    names = {
-        "vocab_size": "vocab_size", "d_model": "d_model", "d_ff": "d_ff", "num_heads": "num_heads", "d_kv": "d_kv",
-        "num_layers": "num_layers", "num_decoder_layers": "num_decoder_layers",
-        "relative_attention_num_buckets": "relative_attention_num_buckets",
-        "relative_attention_max_distance": "relative_attention_max_distance",
-        "dropout_rate": "dropout_rate", "layer_norm_epsilon": "layer_norm_epsilon",
-        "feed_forward_proj": "feed_forward_proj",
-        "pad_token_id": "pad_token_id", "eos_token_id": "eos_token_id",
-        "decoder_start_token_id": "decoder_start_token_id",
-    }  # fmt: skip
-    overrides = {ours: t5_config[theirs] for theirs, ours in names.items() if t5_config.get(theirs) is not None}
-    language = dataclasses.replace(
-        config.language, **overrides, tie_word_embeddings=not has_lm_head, soft_prompt_token_id=soft_prompt_token_id
-    )
-    qformer = dataclasses.replace(config.qformer, vocab_size=qformer_vocab_size)
-    return dataclasses.replace(config, language=language, qformer=qformer)
+    t5_fields = (
+        "vocab_size", "d_model", "d_ff", "num_heads", "d_kv", "num_layers", "num_decoder_layers",
+        "relative_attention_num_buckets", "relative_attention_max_distance", "dropout_rate",
+        "layer_norm_epsilon", "feed_forward_proj", "pad_token_id", "eos_token_id", "decoder_start_token_id",
+    )  # fmt: skip
+    decided = {
+        "language": {
+            **{name: t5_config[name] for name in t5_fields if t5_config.get(name) is not None},
+            "tie_word_embeddings": not has_lm_head,
+            "soft_prompt_token_id": soft_prompt_token_id,
+        },
+        "qformer": {"vocab_size": qformer_vocab_size},
+    }
+    overrides = overrides or {}
+    conflicts = [
+        f"{section}.{name}: the config says {overrides[section][name]!r}, the inputs {value!r}"
+        for section, fields in decided.items()
+        for name, value in fields.items()
+        if isinstance(overrides.get(section), Mapping)
+        and name in overrides[section]
+        and overrides[section][name] != value
+    ]
+    if conflicts:
+        raise ConversionError(_listing("config fields the inputs decide otherwise (drop them)", conflicts))
+    language = dataclasses.replace(base.language, **decided["language"])
+    qformer = dataclasses.replace(base.qformer, **decided["qformer"])
+    return dataclasses.replace(base, language=language, qformer=qformer)
+
+
+def official_dtypes(model: LionModel) -> dict[str, torch.dtype]:
+    """The dtype of each of `model`'s tensors in the official model after its CUDA load, which is
+    what `dtype="mixed"` stores (lion-model.md §1.1, §1.4, §1.5; LAVIS / LION `eva_vit.py`,
+    `lion_t5.py`, `lion_adapters.py`):
+
+    * ViT: `convert_weights_to_fp16` halves the weight and bias of its nn.Conv2d / nn.Linear
+      modules only. Its LayerNorms, cls_token, pos_embed and the attention's q_bias / v_bias
+      (plain parameters in EVA, our qkv bias) stay float32.
+    * T5: `from_pretrained(torch_dtype=bfloat16)`, every tensor (LION's copy of the T5 code has no
+      `_keep_in_fp32_modules`).
+    * float32: the adapters and routers (added to T5 after that load), ln_vision and everything
+      else LION builds (Q-Former, query tokens, projections, aggregator, soft prompt).
+    """
+    dtypes = {
+        name: torch.bfloat16 if parameter_group(name) == "t5" else torch.float32
+        for name in model.checkpoint_tensors()
+    }
+    for prefix, module in model.vision_model.named_modules(prefix="vision_model"):
+        if isinstance(module, (nn.Conv2d, nn.Linear)):
+            dtypes[f"{prefix}.weight"] = torch.float16
+            if module.bias is not None and not prefix.endswith(".self_attn.qkv"):
+                dtypes[f"{prefix}.bias"] = torch.float16
+    return dtypes
 
 
 # ------------------------------------------------------------------------------------------------
@@ -366,23 +444,23 @@ def convert(
     flan_t5_dir, bert_dir, output = Path(flan_t5_dir), Path(bert_dir), Path(output)
     if not (flan_t5_dir / "config.json").is_file():
         raise ConversionError(f"no config.json in the FlanT5 directory {flan_t5_dir}")
+    t5_config = json.loads((flan_t5_dir / "config.json").read_text())
+    base = base_config(t5_config, options)  # before anything is written: a bad config fails early
     _copy_tokenizer(flan_t5_dir, output / "tokenizer")
     _copy_tokenizer(bert_dir, output / "qformer_tokenizer")
     tokenizers = LionTokenizers.load(output)
     tokenizers.save(output)  # normalised, with [DEC] written into the Q-Former tokenizer
 
-    t5_config = json.loads((flan_t5_dir / "config.json").read_text())
-    preset = options.preset or PRESET_BY_D_MODEL.get(t5_config.get("d_model"))
-    if preset is None:
-        raise ConversionError(f"cannot tell the LION size from FlanT5 d_model {t5_config.get('d_model')}: pass a preset")
-    depth = LionConfig.preset(preset).vision.num_hidden_layers
+    depth = base.vision.num_hidden_layers
     sources = [
         _map_eva("eva", load_torch_weights(eva_path), depth, lambda name: name),
         _map_t5("flan_t5", load_hf_weights(flan_t5_dir)),
         *_map_lion("lion", load_torch_weights(lion_path), depth),
     ]
     has_lm_head = any("language_model.lm_head.weight" in source.tensors for source in sources)
-    config = build_config(t5_config, preset, tokenizers.tag_token_id, len(tokenizers.qformer), has_lm_head)
+    config = build_config(
+        t5_config, base, tokenizers.tag_token_id, len(tokenizers.qformer), has_lm_head, options.overrides
+    )
 
     with torch.device("meta"):
         model = LionModel(config)
@@ -408,7 +486,8 @@ def convert(
     if len(missing) > len(report.allowed_missing):
         errors.append(_listing("missing (no source provides them)", sorted(set(missing) - set(report.allowed_missing))))
     if len(unexpected) > len(report.allowed_unexpected):
-        errors.append(_listing("unexpected (they map to nothing)", sorted(set(unexpected) - set(report.allowed_unexpected))))
+        not_allowed = sorted(set(unexpected) - set(report.allowed_unexpected))
+        errors.append(_listing("unexpected (they map to nothing)", not_allowed))
     shapes = [
         f"{name}: source {tuple(tensor.shape)}, model {tuple(expected[name].shape)}"
         for name, tensor in merged.items()
@@ -423,22 +502,15 @@ def convert(
         torch.manual_seed(0)
         initial = LionModel(config).checkpoint_tensors()
         merged.update({name: initial[name].detach() for name in report.allowed_missing})
-    merged = {name: _cast(name, tensor, options.dtype) for name, tensor in merged.items()}
+    dtypes = official_dtypes(model) if options.dtype == "mixed" else dict.fromkeys(merged, DTYPES[options.dtype])
+    merged = {
+        name: tensor.to(dtypes[name]).contiguous() if tensor.is_floating_point() else tensor
+        for name, tensor in merged.items()
+    }
     model.load_state_dict(merged, strict=False, assign=True)
     model.tie_embeddings()
     model.save_pretrained(output, max_shard_bytes=options.max_shard_bytes)
     return report
-
-
-def _cast(name: str, tensor: torch.Tensor, dtype: str) -> torch.Tensor:
-    if not tensor.is_floating_point():
-        return tensor
-    if dtype == "mixed":
-        group = parameter_group(name)
-        target = {"vit": torch.float16, "t5": torch.bfloat16}.get(group, torch.float32)
-    else:
-        target = DTYPES[dtype]
-    return tensor.to(target).contiguous()
 
 
 def _matches(name: str, patterns: tuple[str, ...]) -> bool:
