@@ -52,8 +52,8 @@ class FakeMemory(_TorchMemory):
 
     stream = STREAM
 
-    def __init__(self) -> None:
-        super().__init__(torch.device("cpu"))
+    def __init__(self) -> None:  # no CUDA stream on the CPU
+        self.device = self.step_device = torch.device("cpu")
         self.arrays: dict[int, torch.Tensor] = {}
 
     def empty(self, shape: tuple[int, ...], dtype: str) -> torch.Tensor:
@@ -284,6 +284,54 @@ def test_every_context_runs_in_the_shared_activation_buffer() -> None:
     assert [context.memory for context in made] == [(0x7000, 4096)] * 3
 
 
+def test_pycuda_context_is_made_current_in_the_thread_that_computes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The node builds the runtime on one thread and answers on its worker thread: the pycuda path
+    must push its context in the computing thread, for the duration of the work, and release its
+    retain on close. pycuda is not installed here; the stand-in records the driver calls."""
+    import sys
+    import threading
+
+    from lion_ros.runtime.tensorrt import _PyCudaMemory
+
+    calls: list[tuple[str, str]] = []
+
+    class Context:
+        def push(self) -> None:
+            calls.append(("push", threading.current_thread().name))
+
+        @staticmethod
+        def pop() -> None:
+            calls.append(("pop", threading.current_thread().name))
+
+        def detach(self) -> None:
+            calls.append(("detach", threading.current_thread().name))
+
+    class Stream:
+        def synchronize(self) -> None:
+            calls.append(("synchronize", threading.current_thread().name))
+
+    driver = types.SimpleNamespace(init=lambda: None, Stream=Stream,
+                                   Device=lambda index: types.SimpleNamespace(retain_primary_context=Context))
+    monkeypatch.setitem(sys.modules, "pycuda", types.SimpleNamespace(driver=driver, gpuarray=None))
+    monkeypatch.setitem(sys.modules, "pycuda.driver", driver)
+    monkeypatch.setitem(sys.modules, "pycuda.gpuarray", types.SimpleNamespace())
+    memory = _PyCudaMemory(device_index=1)
+    assert calls == [("push", "MainThread"), ("pop", "MainThread")]  # the stream is made in the context
+    calls.clear()
+
+    def work() -> None:
+        with memory.scope():
+            calls.append(("work", threading.current_thread().name))
+
+    worker = threading.Thread(target=work, name="worker")
+    worker.start()
+    worker.join()
+    assert calls == [("push", "worker"), ("work", "worker"), ("pop", "worker")]
+    calls.clear()
+    memory.close()
+    assert [call for call, _ in calls] == ["push", "synchronize", "pop", "detach"]
+
+
 # -- on a GPU with TensorRT ------------------------------------------------------------------------
 
 GPU_MARKS = [
@@ -328,9 +376,10 @@ def engine_dir(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
 
 def _tokens(runtime: Any, question: str, beams: int, seed: int) -> list[int]:
     image = runtime.encode_image(rgb_image(seed=seed))
-    states, mask = runtime._prefill(image.features, runtime.encode_prompt(question), TaskKind.REGION)
-    config = GenerationSettings(max_new_tokens=12, num_beams=beams)
-    return decode(None, states, mask, torch.tensor([0]), config, step=runtime._decoder_step()).tokens(0)
+    with runtime._device_scope():  # as answer() runs them: on the runtime's device and stream
+        states, mask = runtime._prefill(image.features, runtime.encode_prompt(question), TaskKind.REGION)
+        config = GenerationSettings(max_new_tokens=12, num_beams=beams)
+        return decode(None, states, mask, torch.tensor([0]), config, step=runtime._decoder_step()).tokens(0)
 
 
 @on_gpu

@@ -158,14 +158,16 @@ def test_never_replaces_a_directory_that_is_not_an_engine_directory(model_dir: P
 # -- TensorRT build orchestration against a stand-in module ------------------------------------
 
 
-def fake_tensorrt(version: str, log: list) -> types.ModuleType:
+def fake_tensorrt(version: str, log: list, fail_on: tuple[str, ...] = ()) -> types.ModuleType:
     """The TensorRT 10 builder API surface lion_ros uses; `build_serialized_network` returns the
-    profile it was given as JSON, and drives the progress monitor like the real builder."""
+    profile it was given as JSON, and drives the progress monitor like the real builder. Builds
+    of the graphs named in `fail_on` fail."""
     trt = types.ModuleType("tensorrt")
     trt.__version__ = version
     trt.Logger = type("Logger", (), {"WARNING": 2, "__init__": lambda self, level: None})
     trt.NetworkDefinitionCreationFlag = types.SimpleNamespace(STRONGLY_TYPED=5)
     trt.MemoryPoolType = types.SimpleNamespace(WORKSPACE=0)
+    trt.BuilderFlag = types.SimpleNamespace(TF32=6)
 
     class IProgressMonitor:
         def __init__(self) -> None:
@@ -184,6 +186,10 @@ def fake_tensorrt(version: str, log: list) -> types.ModuleType:
     class Config:
         def __init__(self) -> None:
             self.profiles, self.cache, self.progress_monitor = [], None, None
+            self.flags = {trt.BuilderFlag.TF32}  # TensorRT's default
+
+        def clear_flag(self, flag) -> None:
+            self.flags.discard(flag)
 
         def set_memory_pool_limit(self, pool, size) -> None:
             self.workspace = size
@@ -193,10 +199,14 @@ def fake_tensorrt(version: str, log: list) -> types.ModuleType:
 
         def create_timing_cache(self, data: bytes):
             log.append(("timing cache in", bytes(data)))
-            return types.SimpleNamespace(serialize=lambda: b"timing-cache")
+            return types.SimpleNamespace(data=bytes(data), serialize=lambda: b"timing-cache")
 
-        def set_timing_cache(self, cache, ignore_mismatch: bool) -> None:
+        def set_timing_cache(self, cache, ignore_mismatch: bool) -> bool:
+            # As TensorRT: a cache made on another device/version is refused unless ignored.
+            if cache.data.startswith(b"other-gpu") and not ignore_mismatch:
+                return False
             self.cache = cache
+            return True
 
         def get_timing_cache(self):
             return self.cache
@@ -220,7 +230,10 @@ def fake_tensorrt(version: str, log: list) -> types.ModuleType:
 
             return types.SimpleNamespace(shapes=profile, set_shape=set_shape)
 
-        def build_serialized_network(self, network: dict, config: Config) -> bytes:
+        def build_serialized_network(self, network: dict, config: Config) -> bytes | None:
+            log.append(("flags", Path(network["onnx"]).stem, sorted(config.flags)))
+            if Path(network["onnx"]).stem in fail_on:
+                return None  # as TensorRT when a build fails
             monitor = config.progress_monitor
             monitor.phase_start("Building engine", None, 2)
             assert monitor.step_complete("Building engine", 0) is True
@@ -239,8 +252,8 @@ def tensorrt_here(monkeypatch: pytest.MonkeyPatch):
     """Installs a stand-in TensorRT of a given version on a fake "Orin" and returns its call log."""
     log: list = []
 
-    def install(version: str = "10.3.0") -> list:
-        monkeypatch.setitem(sys.modules, "tensorrt", fake_tensorrt(version, log))
+    def install(version: str = "10.3.0", fail_on: tuple[str, ...] = ()) -> list:
+        monkeypatch.setitem(sys.modules, "tensorrt", fake_tensorrt(version, log, fail_on))
         monkeypatch.setattr(engines, "cuda_device", lambda: ("Orin", "8.7"))
         return log
 
@@ -254,7 +267,10 @@ def test_tensorrt_build_profiles_metadata_and_timing_cache(engine_dir: Path, ten
     assert metadata.tensorrt["version"] == "10.3.0" and metadata.tensorrt["device_name"] == "Orin"
     assert [entry for entry in log if entry[0] == "built"] == [
         ("built", f"{name}.onnx") for name in ("vision", "qformer", "t5_encoder", "t5_decoder_step")]
-    assert log[0] == ("timing cache in", b"") and log[2] == ("timing cache in", b"timing-cache")
+    caches = [entry for entry in log if entry[0] == "timing cache in"]
+    assert caches[0] == ("timing cache in", b"") and caches[1] == ("timing cache in", b"timing-cache")
+    # fp32 plans are the exact reference: TF32 is switched off for every graph.
+    assert all(entry[2] == [] for entry in log if entry[0] == "flags")
 
     config = json.loads((engine_dir / "config.json").read_text())
     language = config["language"]
@@ -296,3 +312,54 @@ def test_cli_builds_engines_from_an_existing_export(engine_dir: Path, tensorrt_h
     metadata = EngineMetadata.load(engine_dir)
     assert metadata.tensorrt["plans"]["vision"] == "vision.plan"
     assert dataclasses.asdict(ProfileConfig(max_new_tokens=32)) == metadata.profiles
+
+
+def test_reduced_precision_builds_keep_tf32(model_dir: Path, tmp_path: Path, tensorrt_here) -> None:
+    log = tensorrt_here("10.3.0")
+    prepare(tmp_path / "engines", backend="tensorrt", model_dir=model_dir, build=BuildConfig(precision="fp16"))
+    flags = [entry[2] for entry in log if entry[0] == "flags"]
+    assert len(flags) == 4 and all(f == [6] for f in flags)
+
+
+def test_timing_cache_from_another_gpu_falls_back_to_an_empty_one(
+    engine_dir: Path, tensorrt_here, no_export, caplog
+) -> None:
+    log = tensorrt_here("10.3.0")
+    (engine_dir / engines.TENSORRT_DIR).mkdir()
+    (engine_dir / engines.TENSORRT_DIR / engines.TIMING_CACHE_NAME).write_bytes(b"other-gpu cache")
+    with caplog.at_level(logging.WARNING):
+        metadata = prepare(engine_dir, backend="tensorrt", build=FP32, rebuild_on_mismatch=True)
+    assert "does not match this GPU/TensorRT; building with an empty one" in caplog.text
+    caches = [entry[1] for entry in log if entry[0] == "timing cache in"]
+    assert caches[:2] == [b"other-gpu cache", b""]  # refused, then an empty one
+    assert len(metadata.tensorrt["plans"]) == 4
+
+
+def test_failed_in_place_rebuild_leaves_the_old_engines_as_they_were(
+    engine_dir: Path, tensorrt_here, no_export
+) -> None:
+    tensorrt_here("10.3.0")
+    old = prepare(engine_dir, backend="tensorrt", build=FP32, rebuild_on_mismatch=True)
+    plans = {name: old.plan_path(engine_dir, name).read_bytes() for name in old.tensorrt["plans"]}
+    tensorrt_here("10.7.0", fail_on=("t5_encoder",))  # a new TensorRT, and one graph fails to build
+    with pytest.raises(RuntimeError, match="TensorRT failed to build t5_encoder"):
+        prepare(engine_dir, backend="tensorrt", build=FP32, rebuild_on_mismatch=True)
+    kept = EngineMetadata.load(engine_dir)
+    assert kept.tensorrt == old.tensorrt  # still the 10.3.0 engines, every plan as it was
+    assert {name: kept.plan_path(engine_dir, name).read_bytes() for name in plans} == plans
+    assert not [p for p in engine_dir.iterdir() if p.name.startswith(".")]  # no partial folder left
+
+    tensorrt_here("10.7.0")
+    rebuilt = prepare(engine_dir, backend="tensorrt", build=FP32, rebuild_on_mismatch=True)
+    assert rebuilt.tensorrt["version"] == "10.7.0"
+
+
+@pytest.mark.parametrize(("version", "ok"), [("10.0.1.6", False), ("10.1.0", True), ("10.3.0.26", True), ("9.2", False)])
+def test_tensorrt_version_gate(version: str, ok: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """set_device_memory(memory, size) and device_memory_size_v2, which the runtime uses, exist from 10.1."""
+    monkeypatch.setitem(sys.modules, "tensorrt", types.SimpleNamespace(__version__=version))
+    if ok:
+        assert engines.import_tensorrt().__version__ == version
+    else:
+        with pytest.raises(engines.TensorRTUnavailable, match="needs TensorRT 10.1 or newer"):
+            engines.import_tensorrt()

@@ -77,6 +77,35 @@ def test_cancel_raises_request_cancelled(runtime: PyTorchRuntime) -> None:
         runtime.answer(encoded, "What is this?", settings=GREEDY, cancel=cancel)
 
 
+def test_all_compute_runs_inside_the_backends_device_scope(runtime: PyTorchRuntime, monkeypatch) -> None:
+    """Backends whose device state is per thread (TensorRT: CUDA context, stream) rely on it."""
+    import contextlib
+
+    inside: list[bool] = []
+    depth = [0]
+
+    @contextlib.contextmanager
+    def scope():
+        depth[0] += 1
+        try:
+            yield
+        finally:
+            depth[0] -= 1
+
+    for name in ("_encode_pixels", "_prefill"):
+        real = getattr(runtime, name)
+
+        def spy(*args, real=real, **kwargs):
+            inside.append(depth[0] == 1)
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(runtime, name, spy)
+    monkeypatch.setattr(runtime, "_device_scope", scope)
+    image = runtime.encode_image(rgb_image(seed=3))
+    runtime.answer(image, "where is the red cup?", settings=GenerationSettings(max_new_tokens=4))
+    assert inside == [True, True]
+
+
 def test_encoded_features_are_reused_across_questions(runtime: PyTorchRuntime) -> None:
     image = rgb_image(seed=4)
     shared = runtime.encode_image(image)

@@ -35,6 +35,7 @@ METADATA_NAME = "metadata.json"
 ONNX_DIR = "onnx"
 TENSORRT_DIR = "tensorrt"
 TIMING_CACHE_NAME = "timing.cache"
+MIN_TENSORRT = (10, 1)
 METADATA_FORMAT = 1
 MODEL_FILES = ("config.json",)
 WEIGHT_GLOBS = ("model.safetensors", "model-*-of-*.safetensors", "model.safetensors.index.json")
@@ -415,9 +416,22 @@ def _build_tensorrt_in_place(
     engine_dir: Path, metadata: EngineMetadata, build: BuildConfig, environment: TensorRTEnvironment
 ) -> EngineMetadata:
     metadata = dataclasses.replace(metadata, profiles=dataclasses.asdict(build.profiles), tensorrt=None)
-    # The plans are written to a scratch folder first; the old ones stay valid until the new
-    # metadata replaces the old metadata in one rename.
-    metadata.tensorrt = build_tensorrt(engine_dir, metadata, build, environment)
+    plans_dir = engine_dir / TENSORRT_DIR
+    partial = engine_dir / f".{TENSORRT_DIR}.partial-{os.getpid()}"
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir()
+    if (plans_dir / TIMING_CACHE_NAME).is_file():
+        shutil.copy2(plans_dir / TIMING_CACHE_NAME, partial / TIMING_CACHE_NAME)
+    try:
+        tensorrt = build_tensorrt(engine_dir, metadata, build, environment, out=partial)
+        # A failed build above leaves the old plans and metadata untouched. Here the metadata
+        # first drops the old plans, then the new ones move in: an interruption in between leaves
+        # a valid ONNX-only directory, never plans that the metadata does not describe.
+        _write_metadata(engine_dir, metadata)
+        _swap_in(partial, plans_dir)
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
+    metadata.tensorrt = tensorrt
     _write_metadata(engine_dir, metadata)
     return metadata
 
@@ -454,12 +468,20 @@ def import_tensorrt() -> Any:
         raise TensorRTUnavailable(
             "TensorRT is not installed for this Python. Desktop: NVIDIA's `tensorrt` wheels from "
             "pypi.nvidia.com or an NGC container; Jetson: JetPack's python3-libnvinfer, with the venv "
-            "created with --system-site-packages (see engines/README.md)."
+            "created with --system-site-packages (see docs/deployment.md)."
         ) from exc
-    major = int(trt.__version__.split(".")[0])
-    if major < 10:
-        raise TensorRTUnavailable(f"TensorRT {trt.__version__} found; lion_ros needs TensorRT 10 or newer")
+    # device_memory_size_v2 and set_device_memory(memory, size), which the runtime uses, exist
+    # from TensorRT 10.1 on.
+    if tensorrt_version(trt.__version__) < MIN_TENSORRT:
+        raise TensorRTUnavailable(f"TensorRT {trt.__version__} found; lion_ros needs TensorRT "
+                                  f"{'.'.join(map(str, MIN_TENSORRT))} or newer")
     return trt
+
+
+def tensorrt_version(text: str) -> tuple[int, int]:
+    """(major, minor) of a TensorRT version string such as "10.3.0.26"."""
+    major, minor = (text.split(".") + ["0"])[:2]
+    return int(major), int(minor)
 
 
 def tensorrt_available() -> bool:
@@ -505,9 +527,14 @@ def tensorrt_profile(spec: dict[str, Any], ranges: dict[str, tuple[int, int, int
 
 
 def build_tensorrt(
-    engine_dir: Path, metadata: EngineMetadata, build: BuildConfig, environment: TensorRTEnvironment
+    engine_dir: Path,
+    metadata: EngineMetadata,
+    build: BuildConfig,
+    environment: TensorRTEnvironment,
+    out: Path | None = None,
 ) -> dict[str, Any]:
-    """Build one plan per graph from engine_dir/onnx into engine_dir/tensorrt; returns metadata.tensorrt.
+    """Build one plan per graph from engine_dir/onnx into `out` (default engine_dir/tensorrt);
+    returns metadata.tensorrt.
 
     Strongly typed networks: the precision is the one written in the ONNX (Cast nodes), which is
     also the only way TensorRT 11 accepts mixed precision. A timing cache in the directory makes
@@ -518,7 +545,7 @@ def build_tensorrt(
     trt = import_tensorrt()
     config = LionConfig.load(engine_dir / "config.json")
     ranges = build.profiles.axis_ranges(config)
-    out = engine_dir / TENSORRT_DIR
+    out = out or engine_dir / TENSORRT_DIR
     out.mkdir(exist_ok=True)
     cache_path = out / TIMING_CACHE_NAME
     logger = trt.Logger(trt.Logger.WARNING)
@@ -552,8 +579,15 @@ def _build_plan(trt: Any, logger: Any, onnx_path: Path, profile_shapes: dict[str
     for tensor, (smallest, typical, largest) in profile_shapes.items():
         profile.set_shape(tensor, smallest, typical, largest)
     builder_config.add_optimization_profile(profile)
-    timing_cache = builder_config.create_timing_cache(cache_path.read_bytes() if cache_path.is_file() else b"")
-    builder_config.set_timing_cache(timing_cache, ignore_mismatch=False)
+    if build.precision == "fp32":
+        # fp32 plans are the exact-ids reference: no TF32 (TensorRT's default for float math).
+        builder_config.clear_flag(trt.BuilderFlag.TF32)
+    cached = cache_path.read_bytes() if cache_path.is_file() else b""
+    if not builder_config.set_timing_cache(builder_config.create_timing_cache(cached), ignore_mismatch=False):
+        # A cache from another GPU or TensorRT version: start from an empty one instead of failing.
+        log.warning("%s: the timing cache %s does not match this GPU/TensorRT; building with an empty one",
+                    name, cache_path)
+        builder_config.set_timing_cache(builder_config.create_timing_cache(b""), ignore_mismatch=False)
     monitor = _progress_monitor(trt, name)
     builder_config.progress_monitor = monitor
     serialized = builder.build_serialized_network(network, builder_config)

@@ -34,6 +34,13 @@ MASK_VALUE = -1.0e9
 FP16_MAX = 65504.0
 
 
+def dynamic_arange(like: torch.Tensor) -> torch.Tensor:
+    """arange(len(like)) as int64, exported as a function of `like`'s length (tracing freezes
+    torch.arange(n) to a constant). The sum runs in float32, exact up to 2**24: TensorRT's ONNX
+    parser documents CumSum for float types, not INT64 (up to 10.7 it becomes a loop)."""
+    return (torch.cumsum(torch.ones_like(like, dtype=torch.float32), 0) - 1).long()
+
+
 @dataclass(frozen=True)
 class T5Precision:
     """Dtypes inside the T5 graphs."""
@@ -247,7 +254,7 @@ class T5EncoderGraph(_T5Layers):
         mask = torch.cat([torch.ones_like(part[:, :, 0], dtype=attention_mask.dtype) for part in parts]
                          + [attention_mask], dim=1)
 
-        positions = torch.cumsum(torch.ones_like(mask[0]), 0) - 1  # arange(S), traced as dynamic
+        positions = dynamic_arange(mask[0])
         blocks = t5.encoder.block
         bias = self.position_bias(blocks[0].layer[0].SelfAttention, positions[None, :] - positions[:, None])
         bias = bias.unsqueeze(0) + (1.0 - mask[:, None, None, :].float()) * MASK_VALUE  # [B, heads, S, S]
@@ -303,8 +310,7 @@ class T5DecoderStepGraph(_T5Layers):
         batch_size = cross_k.shape[1]
 
         hidden_states = decoder.embed_tokens(named["token_ids"]).unsqueeze(1).to(self.residual)  # [N, 1, d_model]
-        # arange(T), traced as dynamic
-        keys = torch.cumsum(torch.ones_like(self_k[0, 0, 0, :, 0], dtype=torch.long), 0) - 1
+        keys = dynamic_arange(self_k[0, 0, 0, :, 0])
         self_bias = self.position_bias(decoder.block[0].layer[0].SelfAttention, keys - position)  # [heads, T]
         self_bias = torch.where(keys > position, MASK_VALUE, self_bias)[None, :, None, :]  # causal
         write = (keys == position)[:, None]  # [T, 1]: where this step's K/V go

@@ -23,6 +23,7 @@ captions: "describe the image and include the coordinates ..."). See
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import logging
@@ -200,13 +201,18 @@ class PipelineRuntime(ABC):
     def _decoder_step(self) -> DecoderStep:
         """The one-position decoder the search loops call."""
 
+    def _device_scope(self) -> contextlib.AbstractContextManager:
+        """Entered around all compute, in the calling thread: a backend whose device state is
+        per thread (a CUDA context, a stream) makes it current here."""
+        return contextlib.nullcontext()
+
     # -- LionRuntime ------------------------------------------------------------------------
 
     def encode_image(self, rgb: np.ndarray) -> EncodedImage:
         """Preprocess and encode an RGB uint8 HxWx3 image; `encode_ms` includes preprocessing."""
         started = time.perf_counter()
         pixels = preprocess_image(rgb, self.preprocess)[None]
-        with self._compute_lock:
+        with self._compute_lock, self._device_scope():
             features = self._encode_pixels(pixels)
         return EncodedImage(
             features=features,
@@ -236,7 +242,7 @@ class PipelineRuntime(ABC):
         check_cancel()
 
         prompt = self.encode_prompt(question, tags)
-        with self._compute_lock:
+        with self._compute_lock, self._device_scope():
             prefill_started = time.perf_counter()
             encoder_hidden_states, encoder_mask = self._prefill(image.features, prompt, kind)
             prefill_ms = (time.perf_counter() - prefill_started) * 1e3

@@ -13,12 +13,15 @@
 
 tensorrt is imported lazily: this module imports everywhere, and `TensorRTRuntime` raises
 `TensorRTUnavailable` with install hints where TensorRT is missing. Written against the
-documented TensorRT 10 Python API; see engines/README.md for what was executed where.
+documented TensorRT 10 Python API; see docs/deployment.md for what was executed where.
 """
 from __future__ import annotations
 
+import contextlib
+import gc
 import logging
 import weakref
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Callable, Optional, Protocol, Union
 
@@ -39,15 +42,26 @@ NUMPY_STORAGE = {"float32": np.float32, "float16": np.float16, "bfloat16": np.ui
 
 
 class _TorchMemory:
-    """Device arrays as torch CUDA tensors, work ordered on torch's current stream."""
+    """Device arrays as torch CUDA tensors, all work ordered on the runtime's own stream (the
+    legacy default stream would make TensorRT add device-wide synchronisations)."""
 
     def __init__(self, device: torch.device) -> None:
+        if device.index is None:
+            device = torch.device("cuda", torch.cuda.current_device())
         self.device = device
         self.step_device = device
+        self.cuda_stream = torch.cuda.Stream(device)
 
     @property
     def stream(self) -> int:
-        return torch.cuda.current_stream(self.device).cuda_stream
+        return self.cuda_stream.cuda_stream
+
+    @contextlib.contextmanager
+    def scope(self) -> Iterator[None]:
+        """The runtime's device and stream, current in the calling thread: TensorRT deserialises
+        and runs on the current device, and torch's copies must be ordered with the engines."""
+        with torch.cuda.device(self.device), torch.cuda.stream(self.cuda_stream):
+            yield
 
     def empty(self, shape: tuple[int, ...], dtype: str) -> torch.Tensor:
         return torch.empty(shape, dtype=TORCH_DTYPES[dtype], device=self.device)
@@ -72,7 +86,11 @@ class _TorchMemory:
         return array.float()
 
     def synchronize(self) -> None:
-        torch.cuda.current_stream(self.device).synchronize()
+        self.cuda_stream.synchronize()
+
+    def close(self) -> None:
+        self.synchronize()
+        torch.cuda.empty_cache()
 
 
 class _PyCudaMemory:
@@ -88,10 +106,21 @@ class _PyCudaMemory:
         # The primary context is the one the CUDA runtime (and so TensorRT) uses; pycuda.autoinit
         # would create a second context whose pointers TensorRT cannot use.
         self.context = cuda.Device(device_index).retain_primary_context()
-        self.context.push()
         self.gpuarray = gpuarray
-        self._stream = cuda.Stream()
+        with self.scope():
+            self._stream = cuda.Stream()
         self.step_device = torch.device("cpu")
+
+    @contextlib.contextmanager
+    def scope(self) -> Iterator[None]:
+        """The context current in the calling thread, for as long as the work runs. A context is
+        current per thread, and the node builds the runtime on one thread and answers on another:
+        driver-API calls there would fail with "invalid device context"."""
+        self.context.push()
+        try:
+            yield
+        finally:
+            self.context.pop()
 
     @property
     def stream(self) -> int:
@@ -126,7 +155,9 @@ class _PyCudaMemory:
         self._stream.synchronize()
 
     def close(self) -> None:
-        self.context.pop()
+        with self.scope():
+            self._stream.synchronize()
+        self.context.detach()  # releases this retain of the primary context
 
 
 def _set_input_shape(graph: str, context: Any, name: str, shape: tuple[int, ...]) -> None:
@@ -191,11 +222,11 @@ class _GraphCapture(Protocol):
 
 
 class _TorchGraphCapture:
-    """`_GraphCapture` with torch.cuda.CUDAGraph."""
+    """`_GraphCapture` with torch.cuda.CUDAGraph, on the stream the step ran on uncaptured: the
+    first (warm-up) run of a shape and its capture see the same stream."""
 
-    def __init__(self, device: torch.device) -> None:
-        # Stream capture is not possible on the legacy default stream.
-        self._stream = torch.cuda.Stream(device)
+    def __init__(self, stream: torch.cuda.Stream) -> None:
+        self._stream = stream
 
     def capture(self, enqueue: Callable[[int], bool]) -> Callable[[], None]:
         graph = torch.cuda.CUDAGraph()
@@ -364,6 +395,10 @@ class TensorRTRuntime(EngineRuntime):
         self.step_device = self._memory.step_device
         self.profiles = ProfileConfig(**metadata.profiles)
         super().__init__(engine_dir, metadata, limit_prompt_tokens(runtime_config, self.profiles.max_prompt_tokens))
+        with self._memory.scope():  # deserialised and allocated on the runtime's device
+            self._load_engines(trt, engine_dir, metadata, cuda_graphs)
+
+    def _load_engines(self, trt: Any, engine_dir: Path, metadata: EngineMetadata, cuda_graphs: bool) -> None:
         self._logger = trt.Logger(trt.Logger.WARNING)
         self._trt_runtime = trt.Runtime(self._logger)
         plans = {}
@@ -386,12 +421,22 @@ class TensorRTRuntime(EngineRuntime):
         self._decoder_graphs: Optional[_GraphedDecoderStep] = None
         if cuda_graphs and isinstance(self._memory, _TorchMemory):
             self._decoder_graphs = _GraphedDecoderStep(self._engines["t5_decoder_step"], self._memory,
-                                                       _TorchGraphCapture(self._memory.device))
+                                                       _TorchGraphCapture(self._memory.cuda_stream))
         elif cuda_graphs:
             # Not graphed on the pycuda path: it serves machines without a CUDA torch, and its search
             # loops wait for the logits on the host every step anyway, which limits what graphs
             # save; a second capture implementation is not worth writing untested (no GPU here).
             log.info("CUDA graphs need a CUDA build of torch; the decoder step runs without them")
+
+    def close(self) -> None:
+        """Release the engines and their device memory (the node calls this on cleanup and
+        shutdown); the runtime cannot answer afterwards."""
+        with self._compute_lock, self._memory.scope():
+            self._memory.synchronize()
+            self._decoder_graphs = None
+            self._engines, self._scratch, self._trt_runtime = {}, None, None
+            gc.collect()  # device arrays and contexts are freed while the context is current
+        self._memory.close()
 
     @classmethod
     def from_pretrained(
@@ -428,6 +473,9 @@ class TensorRTRuntime(EngineRuntime):
         return cls(directory, metadata, device, runtime_config, cuda_graphs)
 
     # -- EngineRuntime ---------------------------------------------------------------------------
+
+    def _device_scope(self) -> contextlib.AbstractContextManager:
+        return self._memory.scope()
 
     def _run(self, graph: str, inputs: dict[str, Any]) -> dict[str, Any]:
         if graph == "t5_decoder_step" and self._decoder_graphs is not None:
