@@ -206,11 +206,16 @@ class _Engine:
 _KV_BUFFERS = {"present_k": "self_k", "present_v": "self_v"}
 # The encoder's outputs: the very same arrays at every step of an answer, copied once per answer.
 _PER_ANSWER_INPUTS = ("cross_k", "cross_v", "encoder_mask")
-# Shape buckets kept, least recently used dropped first. The encoder length (visual tokens +
-# prompt) is part of a bucket and varies from question to question, and a bucket keeps its static
-# buffers: for LION-4B with 5 beams and 64 new tokens about 200 MiB (4 K/V buffers, a copy of the
+# Shape buckets kept, least recently used dropped first. A bucket keeps its static buffers: for
+# LION-4B with 5 beams and 64 new tokens about 200 MiB (4 K/V buffers, a copy of the
 # cross-attention K/V). The cap bounds that memory; a dropped bucket is captured again when needed.
 MAX_DECODER_GRAPH_BUCKETS = 4
+# The encoder length (visual tokens + prompt) varies with every question: it is padded up to a
+# multiple of this (masked keys, weight exactly 0), so varied questions share a few buckets
+# instead of churning through captures.
+ENCODER_LENGTH_STEP = 64
+# Axis of the encoder length in each per-answer input.
+_ENCODER_AXIS = {"cross_k": 3, "cross_v": 3, "encoder_mask": 1}
 
 
 class _GraphCapture(Protocol):
@@ -299,6 +304,11 @@ class _DecoderBucket:
                 if loaded is not None and loaded() is value:
                     continue
                 self._loaded[name] = weakref.ref(value)
+                value = torch.as_tensor(value)
+                axis = _ENCODER_AXIS[name]
+                if value.shape[axis] < buffer.shape[axis]:  # padded bucket: zero K/V, mask 0
+                    buffer.zero_()
+                    buffer = buffer.narrow(axis, 0, value.shape[axis])
             buffer.copy_(torch.as_tensor(value))
         return parity
 
@@ -307,8 +317,9 @@ class _GraphedDecoderStep:
     """The `t5_decoder_step` engine replayed from one CUDA graph per input-shape bucket.
 
     Within an answer the step's input shapes never change (fixed-size K/V buffers, the position
-    as an input), so a bucket, the tuple of input shapes (rows, encoder length, max new tokens),
-    serves every step of every answer of that shape. A graph bakes in shapes and all tensor
+    as an input), so a bucket, the tuple of input shapes (rows, encoder length padded to a
+    multiple of `length_step` up to `max_encoder_length`, max new tokens), serves every step of
+    every answer of that shape. A graph bakes in shapes and all tensor
     addresses, so a bucket has static buffers that each step's inputs are copied into
     (`_DecoderBucket`), and the shared activation buffer must never move (see TensorRTRuntime).
     TensorRT does shape-dependent setup in the first enqueue after the shapes are set, which must
@@ -321,8 +332,10 @@ class _GraphedDecoderStep:
     """
 
     def __init__(self, engine: _Engine, memory: _TorchMemory, graphs: _GraphCapture,
-                 max_buckets: int = MAX_DECODER_GRAPH_BUCKETS) -> None:
+                 max_buckets: int = MAX_DECODER_GRAPH_BUCKETS, length_step: int = ENCODER_LENGTH_STEP,
+                 max_encoder_length: int | None = None) -> None:
         self.engine, self.memory, self.graphs, self.max_buckets = engine, memory, graphs, max_buckets
+        self.length_step, self.max_encoder_length = length_step, max_encoder_length
         self.buckets: dict[tuple[tuple[int, ...], ...], _DecoderBucket] = {}  # least recently used first
         self.enabled = True
 
@@ -341,6 +354,9 @@ class _GraphedDecoderStep:
 
     def _run(self, inputs: dict[str, Any]) -> dict[str, torch.Tensor]:
         shapes = {name: tuple(inputs[name].shape) for name in self.engine.inputs}
+        padded = self._padded_length(shapes["encoder_mask"][-1])
+        for name, axis in _ENCODER_AXIS.items():
+            shapes[name] = shapes[name][:axis] + (padded,) + shapes[name][axis + 1:]
         key = tuple(shapes.values())
         bucket = self.buckets.pop(key, None)
         if bucket is None:
@@ -356,6 +372,12 @@ class _GraphedDecoderStep:
                 raise RuntimeError(f"TensorRT failed to run {self.engine.name}")
             bucket.graphs[parity] = self.graphs.capture(context.execute_async_v3)
         return bucket.results(parity)
+
+    def _padded_length(self, length: int) -> int:
+        padded = -(-length // self.length_step) * self.length_step
+        if self.max_encoder_length is not None:
+            padded = min(padded, self.max_encoder_length)
+        return max(padded, length)  # a length beyond the profile is left for TensorRT to refuse
 
     def _new_bucket(self, shapes: dict[str, tuple[int, ...]]) -> _DecoderBucket:
         if len(self.buckets) >= self.max_buckets:
@@ -420,8 +442,9 @@ class TensorRTRuntime(EngineRuntime):
                  scratch_bytes / 2**20)
         self._decoder_graphs: Optional[_GraphedDecoderStep] = None
         if cuda_graphs and isinstance(self._memory, _TorchMemory):
-            self._decoder_graphs = _GraphedDecoderStep(self._engines["t5_decoder_step"], self._memory,
-                                                       _TorchGraphCapture(self._memory.cuda_stream))
+            self._decoder_graphs = _GraphedDecoderStep(
+                self._engines["t5_decoder_step"], self._memory, _TorchGraphCapture(self._memory.cuda_stream),
+                max_encoder_length=self.profiles.axis_ranges(self.config)["encoder"][2])
         elif cuda_graphs:
             # Not graphed on the pycuda path: it serves machines without a CUDA torch, and its search
             # loops wait for the logits on the host every step anyway, which limits what graphs
