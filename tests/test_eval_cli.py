@@ -47,6 +47,44 @@ def test_report_has_every_metric_and_encodes_each_image_once(tmp_path: Path) -> 
     assert len(lines) == len(source.samples) == report["sources"]["synthetic-test"]["num_samples"]
 
 
+def test_an_answer_without_verdict_or_count_scores_zero_strict(tmp_path: Path) -> None:
+    """"pink" to every question: strict yes/no and counting are 0, and the report says why;
+    POPE's rule (reported beside it) takes "pink" for a yes."""
+    source = synthetic_source("test", 2)
+    report = evaluate(EchoRuntime("pink"), [source], None, True, tmp_path, "stub", {"num_beams": 1})
+    scores = report["sources"]["synthetic-test"]
+    summary, per_task = scores["summary"], scores["per_task"]
+    assert summary["spatial_yesno_acc"] == 0.0
+    assert summary["spatial_yesno_no_verdict_rate"] == 1.0
+    yes_share = [s.yes_no for s in source.samples if s.task_name == "yesno"]
+    assert summary["spatial_yesno_acc_pope"] == pytest.approx(sum(yes_share) / len(yes_share))
+    assert summary["counting_acc"] == 0.0 and per_task["count"]["no_count_rate"] == 1.0
+    assert "no_verdict_rate" in (tmp_path / "metrics.md").read_text()
+
+
+def test_rescore_scores_an_earlier_run_again(tmp_path: Path) -> None:
+    source = synthetic_source("test", 2)
+    first = evaluate(EchoRuntime("yes"), [source], None, True, tmp_path / "run", "stub", {"num_beams": 1})
+    # Stale scores in the earlier run's metrics.json are recomputed, not copied.
+    stale = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    stale["sources"]["synthetic-test"]["summary"]["spatial_yesno_acc"] = 0.123
+    (tmp_path / "run" / "metrics.json").write_text(json.dumps(stale))
+    assert main(["--rescore", str(tmp_path / "run"), "--split", "test", "--num", "2",
+                 "--out", str(tmp_path / "rescored")]) == 0
+    assert json.loads((tmp_path / "rescored" / "metrics.json").read_text()) == first
+    predictions = [(tmp_path / d / "predictions.jsonl").read_text() for d in ("run", "rescored")]
+    assert predictions[0] == predictions[1]
+    out = ["--out", str(tmp_path / "x")]
+    with pytest.raises(SystemExit, match="made from other samples"):
+        main(["--rescore", str(tmp_path / "run"), "--split", "test", "--num", "1", *out])
+    with pytest.raises(SystemExit, match="its predictions are of"):
+        main(["--rescore", str(tmp_path / "run"), "--split", "compositional", "--num", "2", *out])
+    with pytest.raises(SystemExit, match="needs an earlier lion-eval output"):
+        main(["--rescore", str(tmp_path / "nothing"), "--split", "test", "--num", "2", *out])
+    with pytest.raises(SystemExit):
+        main(["--split", "test", "--num", "2", *out])  # neither --model nor --rescore
+
+
 def test_first_scene_selects_other_held_out_scenes() -> None:
     reported = synthetic_source("test", 2)
     validation = synthetic_source("test", 2, first_scene=1000)

@@ -3,13 +3,14 @@ import math
 
 import pytest
 
-from lion_ros.data.sample import RegionTarget, Sample
+from lion_ros.answers import parse_verdict
 from lion_ros.api import TaskKind
+from lion_ros.data.sample import RegionTarget, Sample
 from lion_ros.eval.metrics import (
     box_set_metrics,
     caption_tokenize,
     cider_d,
-    count_accuracy,
+    count_metrics,
     exact_match_accuracy,
     iou,
     normalize_vqa_answer,
@@ -104,27 +105,95 @@ def test_yes_no_metrics_hand_values():
     preds = ["yes", "no", "Yes, it is.", "No.", "not sure"]
     refs = [True, True, True, False, False]
     m = yes_no_metrics(preds, refs)
-    # tp=2 fp=0 fn=1 tn=2
-    assert m["accuracy"] == pytest.approx(0.8)
+    # Strict: "not sure" states no verdict, so it is wrong although the reference is "no".
+    # tp=2 fp=0 fn=1, right: 3 of 5.
+    assert m["accuracy"] == pytest.approx(0.6)
     assert m["precision"] == pytest.approx(1.0)
     assert m["recall"] == pytest.approx(2 / 3)
     assert m["f1"] == pytest.approx(0.8)
     assert m["yes_ratio"] == pytest.approx(0.4)
+    assert m["no_verdict_rate"] == pytest.approx(0.2)
+    # POPE reads "not sure" as no: right, 4 of 5.
+    assert m["accuracy_pope"] == pytest.approx(0.8)
+    assert m["recall_pope"] == pytest.approx(2 / 3)
+    assert m["yes_ratio_pope"] == pytest.approx(0.4)
+    assert yes_no_metrics(["yes"], ["no"])["accuracy"] == 0.0
+    assert yes_no_metrics([True, False], ["yes", "no"])["accuracy"] == 1.0  # bools are verdicts as they stand
+    with pytest.raises(ValueError, match="states no verdict"):
+        yes_no_metrics(["yes"], ["pink"])
+
+
+def test_an_answer_without_a_verdict_is_wrong_for_yes_and_for_no():
+    m = yes_no_metrics(["pink", "pink"], [True, False])
+    assert m["accuracy"] == 0.0
+    assert m["no_verdict_rate"] == 1.0
+    assert m["yes_ratio"] == 0.0 and m["recall"] == 0.0
+    # POPE's rule reads "pink" as yes: right half the time, which is what the strict score is for.
+    assert m["accuracy_pope"] == 0.5
+    assert m["yes_ratio_pope"] == 1.0
+
+
+def test_pope_rule():
     assert parse_yes_no("There is no cat.") is False
     assert parse_yes_no("Yes. It is not red.") is True  # only the first sentence counts (POPE)
+    assert parse_yes_no("pink") is True  # no "no"/"not": a yes
     # a grounded answer's decimal points are not sentence ends: the verdict after the boxes counts
     assert parse_yes_no("the cup[0.120,0.400,0.310,0.770] is left of the ball[0.500,0.410,0.600,0.620]: no") is False
     assert parse_yes_no("the cup[0.120,0.400,0.310,0.770] is left of the ball[0.500,0.410,0.600,0.620]: yes") is True
-    assert yes_no_metrics(["yes"], ["no"])["accuracy"] == 0.0
 
 
-def test_count_parsing_and_accuracy():
+def test_parse_verdict_plain_answers():
+    assert parse_verdict("yes") == "yes"
+    assert parse_verdict("No.") == "no"
+    assert parse_verdict("YES!") == "yes"
+    assert parse_verdict("Yes, it is.") == "yes"
+    assert parse_verdict("Yes. It is not red.") == "yes"
+    assert parse_verdict("I think the answer is no") == "no"
+    for no_verdict in ("pink", "", "not sure", "It is not.", "maybe", "the pink ball"):
+        assert parse_verdict(no_verdict) is None, no_verdict
+
+
+def test_parse_verdict_reads_the_reasoned_and_grounded_forms_at_their_verdict():
+    assert parse_verdict("the cup 23, the red ball 61: left, yes") == "yes"
+    assert parse_verdict("the cup 23, the red ball 61: left, no") == "no"
+    # a "no" inside the evidence is not the verdict (POPE's rule takes it for one)
+    assert parse_verdict("the no entry sign 23, the cup 61: left, yes") == "yes"
+    assert parse_yes_no("the no entry sign 23, the cup 61: left, yes") is False
+    assert parse_verdict("the cup[0.120,0.400,0.310,0.770] is left of the ball[0.500,0.410,0.600,0.620]: no") == "no"
+    # cut off before the verdict, or contradicting itself: no verdict
+    assert parse_verdict("the cup 23, the red ball 61: left,") is None
+    assert parse_verdict("the cup 23, the red ball 61: yes, left") is None
+    assert parse_verdict("no, the cup 23, the red ball 61: left, yes") is None
+
+
+def test_parse_verdict_needs_whole_words():
+    for text in ("north", "nothing", "the cup is north of the ball", "nothing there", "yesterday", "nope", "Noon"):
+        assert parse_verdict(text) is None, text
+    assert parse_verdict("No, nothing is in front of it.") == "no"
+    assert parse_verdict("yes, north of it") == "yes"
+    assert parse_yes_no("nothing") is True  # POPE only looks for the words "no" and "not"
+
+
+def test_count_parsing():
+    assert parse_count("3") == 3
+    assert parse_count("three") == 3
+    assert parse_count("Three.") == 3
     assert parse_count("There are three cups.") == 3
-    assert parse_count("2") == 2
-    assert parse_count("none") == 0
     assert parse_count("I see 12 cups") == 12
-    assert parse_count("many") is None
-    assert count_accuracy(["3", "two", "many", "4"], [3, 2, 1, 5]) == pytest.approx(0.5)
+    assert parse_count("0") == 0
+    assert parse_count("zero") == 0
+    assert parse_count("twenty") == 20
+    assert parse_count("3 (three)") == 3  # one count, written twice
+    for no_count in ("a few", "many", "none", "some cups", "", "3 or 4", "two or three", "2.5", "twenty-one",
+                     "pink"):
+        assert parse_count(no_count) is None, no_count
+
+
+def test_count_metrics():
+    m = count_metrics(["3", "two", "a few", "4"], [3, 2, 1, 5])
+    assert m["accuracy"] == pytest.approx(0.5)
+    assert m["no_count_rate"] == pytest.approx(0.25)
+    assert count_metrics([], []) == {"accuracy": 0.0, "no_count_rate": 0.0}
 
 
 def test_exact_match():
@@ -154,7 +223,7 @@ def test_cider_length_penalty_matches_formula():
     # Two images (with one, every idf is 0). Exact copies score 10 per n-gram order that
     # exists: "a blue ball" has no 4-gram, so 10 * 3 / 4.
     refs = [["a red cup on a table"], ["a blue ball"]]
-    score, per_image = cider_d(["a red cup on a table", "a blue ball"], refs)
+    _, per_image = cider_d(["a red cup on a table", "a blue ball"], refs)
     assert per_image == pytest.approx([10.0, 7.5])
     # One extra word: one bigram longer, so at most 10 * exp(-1 / (2 * 6^2)).
     _, longer = cider_d(["a red cup on a table today", "a blue ball"], refs)
@@ -204,5 +273,5 @@ def test_score_samples_groups_by_task():
     scores = score_samples(preds, samples)
     assert scores["rec"]["accuracy"] == 1.0
     assert scores["yesno"]["accuracy"] == 1.0
-    assert scores["count"] == {"accuracy": 1.0, "n": 1.0}  # the unanswered sample is skipped
+    assert scores["count"] == {"accuracy": 1.0, "no_count_rate": 0.0, "n": 1.0}  # the unanswered sample is skipped
     assert scores["vqa"]["accuracy"] == 1.0

@@ -2,11 +2,12 @@
 from lion_ros.eval.metrics import (
     box_set_metrics,
     cider_d,
-    count_accuracy,
+    count_metrics,
     exact_match_accuracy,
     iou,
     parse_boxes,
     parse_count,
+    parse_verdict,
     parse_yes_no,
     rec_accuracy,
     reference_for,
@@ -18,7 +19,7 @@ from lion_ros.eval.metrics import (
 )
 
 __all__ = [
-    "box_set_metrics", "cider_d", "count_accuracy", "exact_match_accuracy", "iou", "parse_boxes", "parse_count",
-    "parse_yes_no", "rec_accuracy", "reference_for", "score_predictions", "score_samples", "vqa_accuracy",
-    "vqa_score", "yes_no_metrics",
+    "box_set_metrics", "cider_d", "count_metrics", "exact_match_accuracy", "iou", "parse_boxes", "parse_count",
+    "parse_verdict", "parse_yes_no", "rec_accuracy", "reference_for", "score_predictions", "score_samples",
+    "vqa_accuracy", "vqa_score", "yes_no_metrics",
 ]

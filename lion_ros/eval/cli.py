@@ -4,12 +4,16 @@
     lion-eval --model ENGINE_DIR --backend onnxruntime --split test --num 50 --out runs/eval/test-ort
     lion-eval --model DIR --split none --vqav2 questions.json annotations.json --image-root val2014 --out ...
     lion-eval --model DIR --split none --coco-instances instances_val.json --image-root images --out ...
+    lion-eval --rescore lion_ros/assets/lion-nano/eval/test --split test --num 200 --out runs/eval/rescored
 
 Sources: a synthetic split (canonical prompt of each task, `--num` scenes of 14 questions) and
 any dataset files given (read through `lion_ros.data.sources`, as lion-train's `data.files`).
 Each image is encoded once and asked all its questions through the chosen runtime
 (`--backend`, PyTorch by default). Writes `metrics.json` (headline metrics,
 every per-task score, settings), `metrics.md` (the same as tables) and `predictions.jsonl`.
+`--rescore DIR` scores the predictions of an earlier run (DIR/predictions.jsonl, made from the
+same sources) with the current metrics, without a model; the model name, settings and timings
+come from DIR/metrics.json.
 """
 from __future__ import annotations
 
@@ -17,9 +21,10 @@ import argparse
 import json
 import time
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any
 
 import numpy as np
 from tqdm import tqdm
@@ -30,11 +35,15 @@ from lion_ros.eval.metrics import score_samples
 from lion_ros.runtime.backends import BACKEND_CLASSES
 
 # Headline metric -> (task name, score key). Always present in the output: null when a source
-# has no samples of that task.
-HEADLINE: "OrderedDict[str, tuple[str, str]]" = OrderedDict(
+# has no samples of that task. spatial_yesno_acc is strict (the answer must state the right
+# verdict) and is the one bars are set on; the POPE-rule figure is for comparison with public
+# benchmarks only (lion_ros.eval.metrics.yes_no_metrics).
+HEADLINE: OrderedDict[str, tuple[str, str]] = OrderedDict(
     [
         ("rec_acc@0.5", ("rec", "accuracy")),
         ("spatial_yesno_acc", ("yesno", "accuracy")),
+        ("spatial_yesno_acc_pope", ("yesno", "accuracy_pope")),
+        ("spatial_yesno_no_verdict_rate", ("yesno", "no_verdict_rate")),
         ("counting_acc", ("count", "accuracy")),
         ("attribute_acc", ("attribute", "accuracy")),
         ("vqav2_acc", ("vqa", "accuracy")),
@@ -52,15 +61,18 @@ class EvalSource:
     samples: list[Sample]
 
 
-def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="lion-eval",
         description="Score a LION model directory on the synthetic held-out splits and/or public-format "
         "files: REC acc@IoU0.5, spatial yes/no, counting, attributes, VQAv2 accuracy, CIDEr.",
     )
-    parser.add_argument("--model", required=True,
+    parser.add_argument("--model",
                         help="model directory (config.json, model.safetensors, tokenizers), or an engine directory "
-                             "(lion-build-engines) for --backend onnxruntime/tensorrt")
+                             "(lion-build-engines) for --backend onnxruntime/tensorrt; required unless --rescore")
+    parser.add_argument("--rescore", metavar="DIR",
+                        help="score DIR/predictions.jsonl, an earlier lion-eval output made from the same sources "
+                             "(give the same --split, --num, --first-scene and files), instead of running a model")
     parser.add_argument("--backend", default="pytorch", choices=list(BACKEND_CLASSES),
                         help="runtime that answers (engine backends export a model directory on first use)")
     parser.add_argument("--split", default="test", choices=["test", "compositional", "none"],
@@ -82,13 +94,18 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--image-root", default="", help="image folder of the public files")
     parser.add_argument("--vqav2", nargs=2, metavar=("QUESTIONS", "ANNOTATIONS"), help="VQAv2 json pair")
     parser.add_argument("--coco-captions", metavar="FILE", help="COCO captions json (scored by CIDEr)")
-    parser.add_argument("--refcoco", nargs=2, metavar=("REFS", "INSTANCES"), help="refer-style refs(..).p + instances.json")
+    parser.add_argument("--refcoco", nargs=2, metavar=("REFS", "INSTANCES"),
+                        help="refer-style refs(..).p + instances.json")
     parser.add_argument("--refcoco-split", default="val", help="split of --refcoco (val, testA, ...)")
     parser.add_argument("--vsr", metavar="FILE", help="VSR jsonl (spatial yes/no)")
     parser.add_argument("--coco-instances", metavar="FILE",
                         help="COCO instances json of your own scenes (REC, find-all, counting from its labels)")
-    parser.add_argument("--instructions", metavar="FILE", help="instruction jsonl (see lion_ros.data.readers.read_instructions)")
-    return parser.parse_args(argv)
+    parser.add_argument("--instructions", metavar="FILE",
+                        help="instruction jsonl (see lion_ros.data.readers.read_instructions)")
+    args = parser.parse_args(argv)
+    if not args.model and not args.rescore:
+        parser.error("give --model, or --rescore DIR to score an earlier run's predictions")
+    return args
 
 
 def synthetic_source(split: str, num_scenes: int, first_scene: int = 0) -> EvalSource:
@@ -105,7 +122,7 @@ def synthetic_source(split: str, num_scenes: int, first_scene: int = 0) -> EvalS
 def public_sources(args: argparse.Namespace) -> list[EvalSource]:
     from lion_ros.data.sources import FileSource, load_source
 
-    common = dict(image_root=args.image_root, limit=args.limit)
+    common = {"image_root": args.image_root, "limit": args.limit}
     specs: list[tuple[str, FileSource]] = []
     if args.vqav2:
         specs.append(("vqav2", FileSource("vqav2", args.vqav2[0], args.vqav2[1], **common)))
@@ -145,7 +162,7 @@ def predict(runtime: Any, samples: Sequence[Sample], settings: Any, use_tags: bo
     return predictions
 
 
-def headline(per_task: dict[str, dict[str, float]]) -> dict[str, Optional[float]]:
+def headline(per_task: dict[str, dict[str, float]]) -> dict[str, float | None]:
     return {key: per_task.get(task, {}).get(metric) for key, (task, metric) in HEADLINE.items()}
 
 
@@ -162,6 +179,9 @@ def markdown(report: dict[str, Any]) -> str:
             value = report["sources"][name]["summary"][key]
             cells.append("–" if value is None else f"{value:.3f}")
         lines.append(f"| {key} | " + " | ".join(cells) + " |")
+    lines += ["", "Yes/no is scored strictly: an answer is right only if it states the right verdict, and one "
+              "that states none is wrong (no_verdict_rate). *_pope: POPE's rule, under which any answer "
+              "without \"no\"/\"not\" is a yes. Counting takes one count, in digits or a number word."]
     for name in names:
         lines += ["", f"## {name} ({report['sources'][name]['num_samples']} questions)", "",
                   "| task | metric | value |", "|---|---|---|"]
@@ -171,42 +191,84 @@ def markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def evaluate(runtime: Any, sources: Sequence[EvalSource], settings: Any, use_tags: bool, out_dir: Path,
-             model_name: str, extra_settings: dict[str, Any]) -> dict[str, Any]:
-    """Predict and score every source; write metrics.json, metrics.md and predictions.jsonl."""
+def write_report(results: Sequence[tuple[EvalSource, dict[str, str], float]], out_dir: Path, model_name: str,
+                 settings: dict[str, Any]) -> dict[str, Any]:
+    """Score each (source, answer text per sample id, seconds it took) and write metrics.json,
+    metrics.md and predictions.jsonl."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    report: dict[str, Any] = {"model": model_name, "settings": extra_settings, "sources": {}}
+    report: dict[str, Any] = {"model": model_name, "settings": settings, "sources": {}}
     with (out_dir / "predictions.jsonl").open("w") as pred_file:
-        for source in sources:
-            started = time.time()
-            predictions = predict(runtime, source.samples, settings, use_tags, source.name)
+        for source, predictions, seconds in results:
             per_task = score_samples(predictions, source.samples)
             report["sources"][source.name] = {
                 "num_samples": len(source.samples),
-                "seconds": round(time.time() - started, 1),
+                "seconds": seconds,
                 "summary": headline(per_task),
                 "per_task": per_task,
             }
             for sample in source.samples:
-                pred_file.write(json.dumps({
-                    "source": source.name, "id": sample.id, "task": sample.task_name, "question": sample.question,
-                    "target": sample.answer, "prediction": predictions[sample.id],
-                }) + "\n")
+                pred_file.write(json.dumps(prediction_row(source.name, sample, predictions[sample.id])) + "\n")
     (out_dir / "metrics.json").write_text(json.dumps(report, indent=2) + "\n")
     (out_dir / "metrics.md").write_text(markdown(report))
     return report
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def prediction_row(source_name: str, sample: Sample, prediction: str) -> dict[str, str]:
+    return {"source": source_name, "id": sample.id, "task": sample.task_name, "question": sample.question,
+            "target": sample.answer, "prediction": prediction}
+
+
+def evaluate(runtime: Any, sources: Sequence[EvalSource], settings: Any, use_tags: bool, out_dir: Path,
+             model_name: str, extra_settings: dict[str, Any]) -> dict[str, Any]:
+    """Predict and score every source; write metrics.json, metrics.md and predictions.jsonl."""
+    results = []
+    for source in sources:
+        started = time.time()
+        predictions = predict(runtime, source.samples, settings, use_tags, source.name)
+        results.append((source, predictions, round(time.time() - started, 1)))
+    return write_report(results, out_dir, model_name, extra_settings)
+
+
+def rescore(previous: Path, sources: Sequence[EvalSource], out_dir: Path) -> dict[str, Any]:
+    """Score the predictions of the lion-eval output in `previous` against `sources`, which must
+    be the samples they were made from (same ids, questions and targets, in the same order)."""
+    try:
+        old = json.loads((previous / "metrics.json").read_text())
+        rows = [json.loads(line) for line in (previous / "predictions.jsonl").read_text().splitlines()]
+    except (OSError, ValueError) as exc:
+        raise SystemExit(f"--rescore {previous}: needs an earlier lion-eval output ({exc})") from None
+    by_source: dict[str, list[dict[str, str]]] = {}
+    for row in rows:
+        by_source.setdefault(row["source"], []).append(row)
+    if sorted(by_source) != sorted(s.name for s in sources):
+        raise SystemExit(f"--rescore {previous}: its predictions are of {sorted(by_source)}, this command builds "
+                         f"{sorted(s.name for s in sources)}; give the sources of the run that made them")
+    results = []
+    for source in sources:
+        made = by_source[source.name]
+        expected = [prediction_row(source.name, sample, row["prediction"]) for sample, row in zip(source.samples, made)]
+        if len(made) != len(source.samples) or made != expected:
+            raise SystemExit(f"--rescore {previous}: the predictions of {source.name} were made from other samples "
+                             f"than these {len(source.samples)} (check --num and --first-scene)")
+        predictions = {row["id"]: row["prediction"] for row in made}
+        results.append((source, predictions, old["sources"][source.name]["seconds"]))
+    return write_report(results, out_dir, old["model"], old["settings"])
+
+
+def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    synthetic = [synthetic_source(args.split, args.num, args.first_scene)] if args.split != "none" else []
+    sources = synthetic + public_sources(args)
+    if not sources:
+        raise SystemExit("nothing to evaluate: give --split test|compositional or a public-format file")
+    if args.rescore:
+        print(markdown(rescore(Path(args.rescore), sources, Path(args.out))))
+        return 0
     import torch
 
     from lion_ros.runtime.backends import load_runtime
     from lion_ros.runtime.base import GenerationSettings
 
-    sources = ([synthetic_source(args.split, args.num, args.first_scene)] if args.split != "none" else []) + public_sources(args)
-    if not sources:
-        raise SystemExit("nothing to evaluate: give --split test|compositional or a public-format file")
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     runtime = load_runtime(args.backend, args.model, args.device, threads=args.threads or None)

@@ -4,8 +4,12 @@
 - VQA: the official VQAv2 evaluator's normalisation and leave-one-annotator-out accuracy,
   reproduced quirk for quirk (e.g. ground-truth answers are only punctuation-normalised when
   the annotators disagree) so numbers are comparable with published ones.
-- Yes/no (POPE/VSR): accuracy and precision/recall/F1 of the "yes" class.
-- Counting, exact match (attributes, REG on synthetic scenes).
+- Yes/no: accuracy and precision/recall/F1 of the "yes" class, strict (an answer must state
+  the right verdict, `lion_ros.answers.parse_verdict`; "no verdict" answers are wrong and
+  counted) and by POPE's rule (anything without "no"/"not" is a yes), which the public
+  benchmarks (POPE, VSR) report.
+- Counting (an answer must state one count, as digits or a number word:
+  `lion_ros.answers.parse_count`), exact match (attributes, REG on synthetic scenes).
 - CIDEr-D as computed by coco-caption / pycocoevalcap's `CiderScorer`: n = 1..4, tf-idf with
   document frequencies over the references of the evaluated corpus, clipped tf-idf vectors,
   Gaussian length penalty with sigma 6 and the result times 10. Like that code, "length" is
@@ -17,8 +21,10 @@ from __future__ import annotations
 import math
 import re
 from collections import Counter, defaultdict
-from typing import Any, Mapping, Optional, Sequence, Union
+from collections.abc import Mapping, Sequence
+from typing import Any
 
+from lion_ros.answers import parse_count, parse_verdict, strip_boxes
 from lion_ros.boxes import DEFAULT_CODEC
 from lion_ros.data.sample import Box, Sample
 
@@ -27,9 +33,6 @@ BoxLike = Sequence[float]
 # ---------------------------------------------------------------------------------------
 # Boxes
 # ---------------------------------------------------------------------------------------
-
-_BRACKET = re.compile(r"\[([^\[\]]*)\]")
-
 
 def iou(a: BoxLike, b: BoxLike) -> float:
     """Intersection over union of two xyxy boxes; 0 for degenerate boxes."""
@@ -48,7 +51,7 @@ def parse_boxes(text: str) -> list[Box]:
     return [box for _, box in DEFAULT_CODEC.parse_normalized(text)]
 
 
-def _as_box(prediction: Union[str, BoxLike, None]) -> Optional[BoxLike]:
+def _as_box(prediction: str | BoxLike | None) -> BoxLike | None:
     if prediction is None:
         return None
     if isinstance(prediction, str):
@@ -57,7 +60,7 @@ def _as_box(prediction: Union[str, BoxLike, None]) -> Optional[BoxLike]:
     return prediction
 
 
-def rec_accuracy(predictions: Sequence[Union[str, BoxLike, None]], references: Sequence[BoxLike],
+def rec_accuracy(predictions: Sequence[str | BoxLike | None], references: Sequence[BoxLike],
                  threshold: float = 0.5) -> float:
     """Fraction of predictions with IoU >= threshold; unparseable predictions count as misses."""
     _check_lengths(predictions, references)
@@ -84,7 +87,7 @@ def match_boxes(predictions: Sequence[BoxLike], references: Sequence[BoxLike], t
     return len(used_p)
 
 
-def box_set_metrics(predictions: Sequence[Union[str, Sequence[BoxLike]]], references: Sequence[Sequence[BoxLike]],
+def box_set_metrics(predictions: Sequence[str | Sequence[BoxLike]], references: Sequence[Sequence[BoxLike]],
                     threshold: float = 0.5) -> dict[str, float]:
     """Micro precision/recall/F1 over box sets ("find all X"), plus the fraction of samples
     whose set is recovered exactly (every box matched, nothing extra)."""
@@ -203,30 +206,36 @@ def vqa_score(predictions: Sequence[str], references: Sequence[Sequence[str]]) -
 
 
 def parse_yes_no(text: str) -> bool:
-    """POPE's rule: look at the first sentence; any "no"/"not" means no, otherwise yes.
+    """POPE's rule (True = yes): look at the first sentence; any "no"/"not" means no, otherwise
+    yes, so an answer without a verdict ("pink") counts as yes. Public benchmarks (POPE, VSR)
+    are reported with it; `parse_verdict` is the strict reading every bar uses.
 
     Boxes are dropped first: their decimal points are not sentence ends (a grounded answer,
     "the cup[0.12,0.40,0.31,0.77] is left of the ball[...]: no", is one sentence)."""
-    text = _BRACKET.sub(" ", text)
+    text = strip_boxes(text)
     first = text.split(".")[0] if "." in text else text
     words = re.findall(r"[a-z']+", first.lower())
     return not ("no" in words or "not" in words)
 
 
-def _as_bool(value: Union[bool, str]) -> bool:
-    if isinstance(value, str):
-        return parse_yes_no(value)
-    return bool(value)
+_IS_YES: dict[str | None, bool] = {"yes": True, "no": False}
 
 
-def yes_no_metrics(predictions: Sequence[Union[str, bool]], references: Sequence[Union[bool, str]]) -> dict[str, float]:
-    """Accuracy and precision/recall/F1 with "yes" as the positive class, plus the yes ratio."""
-    _check_lengths(predictions, references)
-    preds = [_as_bool(p) for p in predictions]
-    refs = [_as_bool(r) for r in references]
-    tp = sum(p and r for p, r in zip(preds, refs))
-    fp = sum(p and not r for p, r in zip(preds, refs))
-    fn = sum(not p and r for p, r in zip(preds, refs))
+def _reference_is_yes(value: bool | str) -> bool:
+    if isinstance(value, bool):
+        return value
+    verdict = _IS_YES.get(parse_verdict(value))
+    if verdict is None:
+        raise ValueError(f"yes/no reference {value!r} states no verdict")
+    return verdict
+
+
+def _yes_class_scores(preds: Sequence[bool | None], refs: Sequence[bool]) -> dict[str, float]:
+    """Accuracy, precision/recall/F1 of "yes" and the yes ratio; a None prediction (no
+    verdict) is neither yes nor no, so it is wrong for either reference."""
+    tp = sum(p is True and r for p, r in zip(preds, refs))
+    fp = sum(p is True and not r for p, r in zip(preds, refs))
+    fn = sum(p is not True and r for p, r in zip(preds, refs))
     n = len(refs)
     precision = tp / (tp + fp) if tp + fp else 0.0
     recall = tp / (tp + fn) if tp + fn else 0.0
@@ -234,35 +243,41 @@ def yes_no_metrics(predictions: Sequence[Union[str, bool]], references: Sequence
     return {
         "accuracy": sum(p == r for p, r in zip(preds, refs)) / n if n else 0.0,
         "precision": precision, "recall": recall, "f1": f1,
-        "yes_ratio": sum(preds) / n if n else 0.0,
+        "yes_ratio": sum(p is True for p in preds) / n if n else 0.0,
     }
 
 
-_NUMBER_WORDS = {
-    w: i for i, w in enumerate(
-        "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen "
-        "sixteen seventeen eighteen nineteen twenty".split()
-    )
-}
-_NUMBER_WORDS["none"] = 0
-_COUNT_TOKEN = re.compile(r"\d+|[a-z]+")
+def yes_no_metrics(predictions: Sequence[str | bool], references: Sequence[bool | str]) -> dict[str, float]:
+    """Yes/no scores, strict and POPE-style.
+
+    Strict (`accuracy`, `precision`, `recall`, `f1`, `yes_ratio`): an answer is read with
+    `parse_verdict`; one that states no verdict is wrong whatever the reference, and
+    `no_verdict_rate` counts them. POPE (the same names + `_pope`): `parse_yes_no`, under which
+    an answer without "no"/"not" is a yes. A bool prediction is a verdict as it stands."""
+    _check_lengths(predictions, references)
+    refs = [_reference_is_yes(r) for r in references]
+    strict = [p if isinstance(p, bool) else _IS_YES.get(parse_verdict(p)) for p in predictions]
+    pope = [p if isinstance(p, bool) else parse_yes_no(p) for p in predictions]
+    n = len(refs)
+    return {
+        **_yes_class_scores(strict, refs),
+        "no_verdict_rate": sum(v is None for v in strict) / n if n else 0.0,
+        **{f"{key}_pope": value for key, value in _yes_class_scores(pope, refs).items()},
+    }
 
 
-def parse_count(text: str) -> Optional[int]:
-    """The first integer or number word ("zero".."twenty", "none") in the text."""
-    for tok in _COUNT_TOKEN.findall(text.lower()):
-        if tok.isdigit():
-            return int(tok)
-        if tok in _NUMBER_WORDS:
-            return _NUMBER_WORDS[tok]
-    return None
-
-
-def count_accuracy(predictions: Sequence[str], references: Sequence[int]) -> float:
+def count_metrics(predictions: Sequence[str], references: Sequence[int]) -> dict[str, float]:
+    """Counting accuracy (the count `parse_count` reads equals the reference) and the share of
+    answers that state no count at all (`no_count_rate`); those are wrong too."""
     _check_lengths(predictions, references)
     if not references:
-        return 0.0
-    return sum(parse_count(p) == int(r) for p, r in zip(predictions, references)) / len(references)
+        return {"accuracy": 0.0, "no_count_rate": 0.0}
+    counts = [parse_count(p) for p in predictions]
+    n = len(references)
+    return {
+        "accuracy": sum(c == int(r) for c, r in zip(counts, references)) / n,
+        "no_count_rate": sum(c is None for c in counts) / n,
+    }
 
 
 def normalize_answer(text: str) -> str:
@@ -271,7 +286,7 @@ def normalize_answer(text: str) -> str:
     return " ".join(w for w in words if w not in _ARTICLES)
 
 
-def exact_match_accuracy(predictions: Sequence[str], references: Sequence[Union[str, Sequence[str]]]) -> float:
+def exact_match_accuracy(predictions: Sequence[str], references: Sequence[str | Sequence[str]]) -> float:
     """A prediction is right when it equals any acceptable answer after `normalize_answer`."""
     _check_lengths(predictions, references)
     if not references:
@@ -293,7 +308,7 @@ _TOKEN = re.compile(r"[a-z0-9]+|'[a-z]+")
 def caption_tokenize(text: str) -> list[str]:
     """Lower-case word tokens without punctuation; boxes like `[0.1,0.2,0.3,0.4]` are dropped
     so grounded captions can be scored as captions."""
-    return _TOKEN.findall(_BRACKET.sub(" ", text.lower()))
+    return _TOKEN.findall(strip_boxes(text.lower()))
 
 
 def _ngrams(tokens: Sequence[str], n: int) -> Counter:
@@ -384,7 +399,7 @@ def score_predictions(task: str, predictions: Sequence[Any], references: Sequenc
     if family == "yesno":
         return {**yes_no_metrics(predictions, references), "n": n}
     if family == "count":
-        return {"accuracy": count_accuracy(predictions, references), "n": n}
+        return {**count_metrics(predictions, references), "n": n}
     if family == "exact":
         return {"accuracy": exact_match_accuracy(predictions, references), "n": n}
     return {"cider": cider_d(predictions, references)[0], "n": n}
