@@ -1,6 +1,6 @@
 """Where a model looks and what its ViT sees, on synthetic test scenes.
 
-    python scripts/grounding.py --model DIR [--scenes 30]
+    python research/grounding.py --model DIR [--scenes 30]
 
 Attention: for the attribute questions of `--scenes` test scenes, the share of attention that
 lands on the patches of the asked-about object (`Sample.evidence`), for the Q-Former's last
@@ -23,25 +23,69 @@ aggregator tokens and the Q-Former's projected output for one question: a Q-Form
 hardly changes while the ViT tokens do has stopped carrying the image.
 
 Probe (when DIR is a stage-0 checkpoint, `checkpoints/step-N`, trained with
-data.dense_supervision and its default `object` targets): accuracy of the dense-supervision probe on the ViT's object patches,
-per label (category, colour, size): how well the ViT itself sees what a question asks about.
+data.dense_supervision and its default `object` targets): accuracy of the dense-supervision
+probe on the ViT's object patches, per label (category, colour, size): how well the ViT itself
+sees what a question asks about.
 """
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 import torch
+from torch import nn
 
 from lion_ros.data.synthetic import (
-    OBJECT_LABEL_KINDS, Scene, SyntheticDataset, label_kind, patch_label_classes, patch_labels, patch_mask,
+    OBJECT_LABEL_KINDS,
+    Scene,
+    SyntheticDataset,
+    label_kind,
+    patch_label_classes,
+    patch_labels,
+    patch_mask,
 )
 from lion_ros.model.lion import ImageFeatures, LionModel
 from lion_ros.preprocess import PreprocessConfig, preprocess_image
 from lion_ros.tokenization import LionTokenizers
-from lion_ros.train.trainer import STATE_NAME, QFormerCrossAttention
+from lion_ros.train.trainer import STATE_NAME
+
+
+class CrossAttentionMaps:
+    """While active, records the attention probabilities of the Q-Former's last cross-attention
+    (its queries over the ViT tokens), one [B, heads, queries, 1 + patches] map per pass.
+
+    A forward pre-hook recomputes them from the module's own query and key projections and its
+    mask because fused attention kernels do not return them; the module's output is untouched.
+    """
+
+    def __init__(self, lion: LionModel) -> None:
+        if not lion.config.uses_qformer:
+            raise ValueError("the cross-attention maps need the Q-Former (visual_input all/qformer)")
+        layers = [layer for layer in lion.qformer.encoder.layer if layer.has_cross_attention]
+        self.module = layers[-1].crossattention
+        self.maps: list[torch.Tensor] = []
+        self._handle: torch.utils.hooks.RemovableHandle | None = None
+
+    def __enter__(self) -> CrossAttentionMaps:
+        self.maps.clear()
+        self._handle = self.module.register_forward_pre_hook(self._record, with_kwargs=True)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._handle.remove()
+
+    def _record(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        attention = module.attention
+        hidden = args[0] if args else kwargs["hidden_states"]
+        keys, mask = kwargs["encoder_hidden_states"], kwargs.get("encoder_attention_mask")
+        heads, size = attention.num_attention_heads, attention.attention_head_size
+        q = attention.query(hidden).unflatten(-1, (heads, size)).transpose(1, 2)  # [B, H, Lq, d]
+        k = attention.key(keys).unflatten(-1, (heads, size)).transpose(1, 2)  # [B, H, Lk, d]
+        scores = (q @ k.transpose(-1, -2)).float() * attention.scaling
+        if mask is not None:  # boolean "may attend" or additive, broadcastable to the scores
+            scores = scores.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else scores + mask.float()
+        self.maps.append(torch.softmax(scores, dim=-1))
 
 
 def encode_scene(lion: LionModel, scene: Scene) -> ImageFeatures:
@@ -55,7 +99,7 @@ def attention_on_evidence(lion: LionModel, tokenizers: LionTokenizers, scenes: S
     lion.language_model.set_attn_implementation("eager")  # the only path that returns probabilities
     grid = lion.config.vision.patch_grid
     patches = slice(lion.config.qformer.num_query_tokens + 1, lion.config.qformer.num_query_tokens + 1 + grid * grid)
-    recorder = QFormerCrossAttention(lion)
+    recorder = CrossAttentionMaps(lion)
     qformer, t5, uniform = [], [], []
     for index in range(scenes.num_scenes):
         features = encode_scene(lion, scenes.scene(index))
@@ -179,7 +223,7 @@ def reading_report(lion: LionModel, tokenizers: LionTokenizers, train: Synthetic
     return report
 
 
-def probe_accuracy(lion: LionModel, checkpoint: Path, scenes: SyntheticDataset) -> Optional[dict[str, float]]:
+def probe_accuracy(lion: LionModel, checkpoint: Path, scenes: SyntheticDataset) -> dict[str, float] | None:
     """None when the checkpoint was trained without data.dense_supervision (no probe to read)."""
     state = torch.load(checkpoint / STATE_NAME, weights_only=True)
     if "probe" not in state:

@@ -1,7 +1,7 @@
 """How much a model's answers depend on the image: teacher-forced answer loss with each question
 paired with its own image versus with another image of the batch.
 
-    python scripts/image_reliance.py --model DIR [--batches 3] [--config lion_ros/configs/train/nano-stage0.yaml]
+    python research/image_reliance.py --model DIR [--batches 3] [--config lion_ros/configs/train/nano-stage0.yaml]
         [--swap both|qformer_input|aggregator_tokens]
 
 A model that reads the image has a clearly higher loss with the wrong image; equal losses mean
@@ -21,7 +21,7 @@ import torch
 from lion_ros.model.lion import ImageFeatures, LionModel
 from lion_ros.tokenization import LionTokenizers
 from lion_ros.train.config import TrainConfig
-from lion_ros.train.data import STAGE_TASKS, Collator, SyntheticBatches
+from lion_ros.train.data import STAGE_TASKS, Collator, SyntheticBatches, TrainBatch
 from lion_ros.train.trainer import TrainingModule, answer_loss
 
 HELD_OUT_SEED = 123_457  # not a seed of any training config
@@ -33,6 +33,22 @@ def next_image(features: ImageFeatures, swap: str) -> ImageFeatures:
     branches = [field.name for field in dataclasses.fields(features)] if swap == "both" else [swap]
     return dataclasses.replace(features, **{name: getattr(features, name).roll(-1, 0) for name in branches
                                             if getattr(features, name) is not None})
+
+
+def own_and_other_image_loss(module: TrainingModule, batch: TrainBatch, swap: str) -> dict[str, tuple[float, float]]:
+    """Per answer average ("token", "question"): the batch's teacher-forced answer loss with each
+    question's own image, and with the `swap` features of the next image of the batch."""
+    lion = module.lion
+    mask = batch.labels != -100
+    own = module(batch)[0]
+    encode_image = lion.encode_image
+    lion.encode_image = lambda pixels: next_image(encode_image(pixels), swap)  # shadows the method
+    try:
+        other = module(batch)[0]
+    finally:
+        del lion.encode_image
+    return {average: (float(answer_loss(own, mask, average)), float(answer_loss(other, mask, average)))
+            for average in ("token", "question")}
 
 
 def main() -> None:
@@ -53,21 +69,14 @@ def main() -> None:
     collator = Collator.for_model(tokenizers, config.data, lion.config)
     batches = SyntheticBatches(config.data, collator, STAGE_TASKS[config.stage], seed=HELD_OUT_SEED)
     module = TrainingModule(lion, config.data.length_groups)
-    encode_image = lion.encode_image
     # Token-averaged, long answers (boxes, captions) dominate; question-averaged, every question
     # counts once, so the one-word answers of yes/no, counting and attributes show.
     print("batch  average   own image  other image  difference")
     with torch.no_grad():
         for k in range(args.batches):
-            batch = batches[k]
-            mask = batch.labels != -100
-            own = module(batch)[0]
-            lion.encode_image = lambda pixels: next_image(encode_image(pixels), args.swap)  # shadows the method
-            other = module(batch)[0]
-            del lion.encode_image
-            for average in ("token", "question"):
-                own_loss, other_loss = answer_loss(own, mask, average), answer_loss(other, mask, average)
-                print(f"{k:5d}  {average:8s}  {own_loss:9.4f}  {other_loss:11.4f}  {other_loss - own_loss:+10.4f}")
+            for average, (own, other) in own_and_other_image_loss(module, batches[k], args.swap).items():
+                print(f"{k:5d}  {average:8s}  {own:9.4f}  {other:11.4f}  {other - own:+10.4f}")
+
 
 if __name__ == "__main__":
     main()

@@ -1,7 +1,7 @@
 """Does a model fail spatial yes/no because it cannot find the two objects, or because it cannot
 compare them? Answers each synthetic spatial question twice:
 
-    python scripts/spatial_two_step.py --model DIR [--split test] [--scenes 30] [--threads 1]
+    python research/spatial_two_step.py --model DIR [--split test] [--scenes 30] [--threads 1]
 
 - direct: the model's own answer to the question (what lion-eval scores);
 - two-step: the model is asked for the box of each of the two objects (its REC prompt), and the
@@ -19,7 +19,7 @@ from __future__ import annotations
 import argparse
 import re
 from collections import Counter
-from typing import Any, Optional
+from typing import Any
 
 from tqdm import tqdm
 
@@ -55,7 +55,7 @@ def relation_from_boxes(relation: str, box_a: tuple[float, ...], box_b: tuple[fl
 _REASONED = re.compile(r".* (?P<a>\d+), .* (?P<b>\d+): (?:left|right|front|behind), (?:yes|no)")
 
 
-def verdict_from_own_evidence(relation: str, answer: str, codec: BoxCodec) -> Optional[bool]:
+def verdict_from_own_evidence(relation: str, answer: str, codec: BoxCodec) -> bool | None:
     """The verdict a grounded or reasoned answer's own evidence implies, None if it has none:
     two boxes (grounded) or two 0-99 coordinates (reasoned: centres across, bottom edges down)."""
     reasoned = _REASONED.fullmatch(answer)
@@ -71,7 +71,7 @@ def spatial_two_step(runtime: Any, dataset: SyntheticDataset, settings: Any) -> 
     and n. A question whose boxes the model does not write counts as wrong in the two-step answer."""
     codec = BoxCodec()
     tallies: dict[str, Counter] = {}
-    encoded: Optional[Any] = None
+    encoded: Any = None
     current = None
     for sample in tqdm(dataset, desc="spatial", unit="q"):
         match = _QUESTION.fullmatch(sample.question)
@@ -121,7 +121,8 @@ def main() -> None:
     config = SyntheticConfig(prompt_variety=False, tasks=TaskMix.only({"spatial": 6}))
     report = spatial_two_step(runtime, SyntheticDataset(args.split, args.scenes, config, cache_size=1),
                               GenerationSettings(num_beams=1, max_new_tokens=120, repetition_penalty=1.0))
-    print("| relation | n | direct answer | two-step (own REC boxes) | verdict follows its own evidence |\n|---|---|---|---|---|")
+    print("| relation | n | direct answer | two-step (own REC boxes) | verdict follows its own evidence |")
+    print("|---|---|---|---|---|")
     for kind, row in sorted(report.items()):
         consistent = "–" if row["self_consistent"] is None else f"{row['self_consistent']:.3f}"
         print(f"| {kind} | {row['n']} | {row['direct']:.3f} | {row['two_step']:.3f} | {consistent} |")

@@ -1,6 +1,6 @@
 """Is the position of the two objects a spatial question names in the state that answers it?
 
-    python scripts/position_probe.py --model DIR [--scenes 400] [--relations left,right]
+    python research/position_probe.py --model DIR [--scenes 400] [--relations left,right]
 
 For the spatial questions of `--scenes` train scenes, ridge regressions (fitted on 70 % of the
 questions, R² on the other 30 %) predict each object's coordinate on the asked axis (x: box centre;
