@@ -139,6 +139,44 @@ def test_instruction_jsonl(tmp_path: Path) -> None:
         read_instructions(str(path))
 
 
+def test_question_lines_without_task_are_routed_and_scored_by_their_question(tmp_path: Path) -> None:
+    from lion_ros.eval.metrics import score_samples
+    from lion_ros.prompts import infer_task
+
+    rows = [
+        ({"question": "Is there a wrench?", "answer": "yes"}, "yesno", TaskKind.IMAGE),
+        ({"question": "Can you see a tape roll?", "answer": "No, there is none."}, "yesno", TaskKind.IMAGE),
+        ({"question": "Tell me whether the drawer is open.", "answer": "no"}, "yesno", TaskKind.IMAGE),
+        ({"question": "How many screwdrivers are there?", "answer": "3"}, "count", TaskKind.IMAGE),
+        ({"question": "Where is the tape?", "boxes": [[0, 0, 50, 50]]}, "rec", TaskKind.REGION),
+        # A bare expression: the runtime (task=auto) routes it to the image row, so training and
+        # lion-eval do too; its box answer is still scored as REC.
+        ({"question": "the red wrench", "boxes": [[0, 0, 50, 50]]}, "rec", TaskKind.IMAGE),
+        ({"question": "Find all wrenches.", "boxes": [[0, 0, 5, 5], [10, 0, 15, 5]]}, "find_all", TaskKind.REGION),
+        ({"question": "Describe the region [0.1,0.2,0.3,0.4].", "answer": "a wrench"}, "reg", TaskKind.REGION),
+        ({"question": "What colour is the tape?", "answer": "blue"}, "vqa", TaskKind.IMAGE),
+        ({"question": "How many of them are usable?", "answer": "most"}, "vqa", TaskKind.IMAGE),
+    ]
+    path = tmp_path / "questions.jsonl"
+    path.write_text("".join(json.dumps({"image": "mat.png", "width": 100, "height": 100, **row}) + "\n"
+                            for row, _, _ in rows))
+    samples = list(read_instructions(str(path)))
+    assert [(s.task_name, s.task) for s in samples] == [(name, task) for _, name, task in rows]
+    assert all(s.task == infer_task(s.question) for s in samples)
+    assert [s.yes_no for s in samples[:3]] == [True, False, False] and samples[3].count == 3
+    # "Is there a wrench?" answered "yes" scores as a right yes/no answer, not an open-VQA miss.
+    predictions = {s.id: s.answer for s in samples}
+    scores = score_samples(predictions, samples)
+    assert scores["yesno"]["accuracy"] == 1.0 and scores["count"]["accuracy"] == 1.0
+    assert scores["rec"]["accuracy"] == 1.0 and scores["vqa"]["n"] == 2
+
+    for bad, message in [({"question": "How many?", "answer": "a few", "task": "count"}, "needs one number"),
+                         ({"question": "Is it open?", "answer": "maybe", "task": "yesno"}, "says yes or no")]:
+        path.write_text(json.dumps({"image": "mat.png", **bad}) + "\n")
+        with pytest.raises(DatasetFormatError, match=message):
+            read_instructions(str(path))
+
+
 def test_file_source_spec_is_checked(tmp_path: Path) -> None:
     assert {"coco_instances", "instructions", "vqav2", "refcoco", "visual_genome", "coco_captions"} <= set(FORMATS)
     with pytest.raises(ValueError, match="unknown dataset format 'yolo'"):
@@ -241,38 +279,51 @@ def test_lion_eval_scores_your_coco_labels(model_dir: Path, tmp_path: Path) -> N
 def test_every_packaged_training_config_loads() -> None:
     from lion_ros.train.cli import packaged_config
 
-    names = sorted(p.name for p in packaged_config("x").parent.glob("*.yaml"))
-    assert {"finetune.yaml", "stage1.yaml", "stage2.yaml", "stage3.yaml", "nano-stage0.yaml"} <= set(names)
+    names = sorted(p.name for p in packaged_config("x").parent.glob("*.yaml") if not p.name.endswith("-lineage.yaml"))
+    assert {"finetune.yaml", "lion-4b-stage1.yaml", "lion-4b-stage2.yaml", "lion-4b-stage3.yaml",
+            "nano-stage0.yaml"} <= set(names)
     configs = {name: TrainConfig.load(packaged_config(name)) for name in names}
     # The lion-4b stages read the public sets of their level: image-level for stage 1, region-level for 2.
-    assert {f.format for f in configs["stage1.yaml"].data.files} == {"coco_captions", "vqav2", "okvqa", "aokvqa", "gqa"}
-    assert {f.format for f in configs["stage2.yaml"].data.files} == {"refcoco", "refcoco+", "refcocog", "visual_genome"}
-    assert configs["stage3.yaml"].data.files == configs["stage1.yaml"].data.files + configs["stage2.yaml"].data.files
-    # nano answers spatial questions in the reasoned form in every stage after its GPU stage 0
-    # (trained with plain yes/no before the form existed), so no stage undoes another's answers.
-    nano = [name for name in names if name.startswith("nano-")]
-    assert {name for name in nano if configs[name].data.synthetic.spatial_answer != "reasoned"} == {
-        "nano-stage0-gpu.yaml", "nano-stage0-gpu-restart.yaml"}
+    stage1, stage2, stage3 = (configs[f"lion-4b-stage{n}.yaml"].data.files for n in (1, 2, 3))
+    assert {f.format for f in stage1} == {"coco_captions", "vqav2", "okvqa", "aokvqa", "gqa"}
+    assert {f.format for f in stage2} == {"refcoco", "refcoco+", "refcocog", "visual_genome"}
+    assert stage3 == stage1 + stage2
+    # nano answers spatial questions in the reasoned form in every stage, so no stage undoes another's answers.
+    assert all(configs[name].data.synthetic.spatial_answer == "reasoned" for name in names if name.startswith("nano-"))
 
 
-def test_finetune_config_continues_the_shipped_nano_on_coco_labels(tmp_path: Path) -> None:
+def test_finetune_config_continues_the_shipped_nano_from_any_folder(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """The README's command, run outside the repository: finetune.yaml finds the installed lion-nano
+    (package://), takes its tokenizers and decoding settings along, validates and keeps the best."""
     import torch
 
+    from lion_ros.api import GENERATION_CONFIG_NAME
     from lion_ros.model import LionModel, parameter_group
-    from lion_ros.train.cli import packaged_config
+    from lion_ros.tokenization import LionTokenizers
+    from lion_ros.train.cli import main
+    from lion_ros.train.config import PACKAGE_DIR
     from lion_ros.train.stages import TRAINABLE_GROUPS
 
-    nano = Path(__file__).resolve().parent.parent / "lion_ros" / "assets" / "lion-nano"
-    path = coco_from_synthetic(tmp_path, 2)
-    files = f"[{{format: coco_instances, path: '{path}', image_root: '{tmp_path / 'images'}'}}]"
-    config = TrainConfig.load(packaged_config("finetune.yaml"), [
-        f"data.files={files}", f"init.path={nano}", f"model.tokenizer_dir={nano}", "optim.steps=2",
-        "optim.warmup_steps=1", "data.images_per_batch=2", "data.num_workers=0", "run.threads=1",
-        f"run.output_dir={tmp_path / 'run'}",
-    ])
-    result = train(config)
+    nano = PACKAGE_DIR / "assets" / "lion-nano"
+    coco_from_synthetic(tmp_path / "labels", 2)
+    monkeypatch.chdir(tmp_path)
+    files = "[{format: coco_instances, path: labels/instances_train.json, image_root: labels/images}]"
+    assert main(["--config", "finetune.yaml", f"data.files={files}", f"data.val_files={files}", "optim.steps=2",
+                 "optim.warmup_steps=1", "data.images_per_batch=2", "data.num_workers=0", "run.threads=1",
+                 "run.checkpoint_every=2"]) == 0
+    out = tmp_path / "runs" / "finetune"
+    nano_tokenizers = LionTokenizers.load(nano)
+    for saved in (out / "model", out / "checkpoints" / "step-0000002", out / "best"):
+        assert json.loads((saved / GENERATION_CONFIG_NAME).read_text()) == json.loads(
+            (nano / GENERATION_CONFIG_NAME).read_text())
+        tokenizers = LionTokenizers.load(saved)
+        assert tokenizers.t5.get_vocab() == nano_tokenizers.t5.get_vocab()
+        assert tokenizers.qformer.get_vocab() == nano_tokenizers.qformer.get_vocab()
+    assert json.loads((out / "best" / "best.json").read_text())["metric"] == "find_all_f1@0.5"
+
     before = LionModel.from_pretrained(nano).checkpoint_tensors()
-    after = LionModel.from_pretrained(result.model_dir).checkpoint_tensors()
+    after = LionModel.from_pretrained(out / "model").checkpoint_tensors()
     assert before.keys() == after.keys()
     changed = {parameter_group(n) for n in before if not torch.equal(before[n], after[n])}
     assert changed and changed <= TRAINABLE_GROUPS["mixed"]  # ViT and T5 frozen, the rest fine-tuned

@@ -11,10 +11,12 @@ import io
 import json
 import os
 import pickle
+import re
 from collections import Counter
 from typing import Any, Iterable, Iterator, Optional
 
 from lion_ros import prompts
+from lion_ros.answers import parse_count, parse_verdict
 from lion_ros.api import TaskKind
 from lion_ros.data import templates
 from lion_ros.data.formatting import boxes_target, normalize_box, rec_target, xywh_to_normalized_xyxy
@@ -509,8 +511,13 @@ def read_instructions(path: str, image_root: str = "", split: str = "train") -> 
     `image` is relative to `image_root`. `boxes` are pixel [x1, y1, x2, y2] of the image; a row
     with boxes and no `answer` gets the box answer (`Answer: [..]`, normalised, 3 decimals).
     Optional: `task` (caption, vqa, yesno, count, attribute, rec, reg, grounded_caption,
-    find_all; default inferred from the question like the node does), `tags` (list of
-    strings), `width` / `height` (read from the image file when boxes need them), `id`.
+    find_all), `tags` (list of strings), `width` / `height` (read from the image file when boxes
+    need them), `id`.
+
+    A row without `task` is routed as lion-ask and the node route a question asked with
+    task=auto (`prompts.infer_task`), so training, lion-eval and deployment use the same router
+    row, and is scored by its kind (`question_kind`): boxes as REC (one) or find-all (several),
+    "how many" with a count as counting, a yes/no question answered yes or no as yes/no.
     """
     samples = []
     for line_no, rec in _jsonl_records(path, "instruction jsonl file"):
@@ -536,19 +543,50 @@ def read_instructions(path: str, image_root: str = "", split: str = "train") -> 
             answer = boxes_target([r.box for r in regions])
         else:
             raise DatasetFormatError(f"{path}:{line_no}: needs an 'answer' or 'boxes'")
-        if not task_name:
-            task_name = "rec" if regions and len(regions) == 1 else "find_all" if regions else "vqa"
-            if not regions and prompts.infer_task(question) == TaskKind.REGION:
-                task_name = "reg"
-        count = int(answer) if task_name == "count" and answer.isdigit() else None
+        if task_name:
+            task = TaskKind.REGION if task_name in REGION_TASKS else TaskKind.IMAGE
+        else:
+            task, task_name = prompts.infer_task(question), question_kind(question, answer, len(regions))
+        count = parse_count(answer) if task_name == "count" else None
+        verdict = parse_verdict(answer) if task_name == "yesno" else None
+        if task_name == "count" and count is None:
+            raise DatasetFormatError(f"{path}:{line_no}: a count question needs one number as its answer, "
+                                     f"got {answer!r}")
+        if task_name == "yesno" and verdict is None:
+            raise DatasetFormatError(f"{path}:{line_no}: a yes/no question needs an answer that says yes or no, "
+                                     f"got {answer!r}")
         samples.append(Sample(
             id=str(rec.get("id", f"instructions/{split}/{line_no}")), question=question, answer=answer,
-            task=TaskKind.REGION if task_name in REGION_TASKS else TaskKind.IMAGE, task_name=task_name,
-            source="instructions", split=split, image_path=image_path, regions=regions, count=count,
-            yes_no=(answer.lower() == "yes") if task_name == "yesno" and answer.lower() in ("yes", "no") else None,
+            task=task, task_name=task_name, source="instructions", split=split, image_path=image_path,
+            regions=regions, count=count, yes_no=None if verdict is None else verdict == "yes",
             tags=[str(t) for t in _list(rec.get("tags", []), path, f"tags of {where}")], answers=[answer],
         ))
     return ListDataset(samples)
+
+
+# The words a yes/no question opens with ("Is there ...", "Can you see ...", "Does it ...").
+_YES_NO_OPENING = re.compile(
+    r"^\W*(?:is|are|am|was|were|do|does|did|can|could|will|would|shall|should|may|might|must|has|have|had)\b",
+    re.IGNORECASE,
+)
+
+
+def question_kind(question: str, answer: str, num_boxes: int) -> str:
+    """The task name an instruction row without `task` is scored as, from what it asks and what
+    its label answers: boxes are REC (one) or find-all (several); a question the runtime routes to
+    the region row names a region (REG); "how many" answered with a number is counting; a yes/no
+    question (opening with is/are/do/can/...) answered with a verdict, or any question answered
+    with a bare "yes"/"no", is yes/no; anything else is open VQA."""
+    if num_boxes:
+        return "rec" if num_boxes == 1 else "find_all"
+    if prompts.infer_task(question) == TaskKind.REGION:
+        return "reg"
+    if re.search(r"\bhow many\b", question, re.IGNORECASE) and parse_count(answer) is not None:
+        return "count"
+    verdict = parse_verdict(answer)
+    if verdict is not None and (_YES_NO_OPENING.match(question) or answer.strip(" .!").lower() == verdict):
+        return "yesno"
+    return "vqa"
 
 
 def _image_size(rec: dict, image_path: str, path: str, line_no: int) -> tuple[float, float]:
@@ -565,5 +603,5 @@ def _image_size(rec: dict, image_path: str, path: str, line_no: int) -> tuple[fl
 __all__ = [
     "DatasetFormatError", "RestrictedUnpickler", "safe_load_pickle", "REFER_SPLITS", "read_coco_captions",
     "read_vqav2", "read_okvqa", "read_aokvqa", "read_gqa", "read_vsr", "read_refcoco", "read_visual_genome",
-    "read_coco_instances", "read_instructions", "plural",
+    "read_coco_instances", "read_instructions", "question_kind", "plural",
 ]
