@@ -16,19 +16,18 @@ import argparse
 import copy
 import statistics
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
 from lion_ros.model.adapters import MixtureOfAdapters
 from lion_ros.model.lion import LionModel
-from lion_ros.tokenization import LionTokenizers
 from lion_ros.train import distributed as dist_utils
 from lion_ros.train.config import TrainConfig
-from lion_ros.train.data import STAGE_TASKS, Collator, SyntheticBatches, TrainBatch
+from lion_ros.train.data import STAGE_TASKS, Collator, SyntheticBatches, TrainBatch, patch_targets
 from lion_ros.train.stages import apply_freeze_policy, build_model, set_train_mode, skip_idle_adapters
 from lion_ros.train.tokenizer_training import prepare_tokenizers
-from lion_ros.train.trainer import build_training_module, compile_stacks, param_groups, patch_targets, total_loss
+from lion_ros.train.trainer import build_training_module, compile_stacks, param_groups, total_loss
 
 
 def main() -> None:
@@ -53,7 +52,7 @@ def main() -> None:
     compile_stacks(compiled)
     variants = {"adapters run": (lion, False), "adapters skipped": (lion, True),
                 "skipped + compiled": (compiled, True)}
-    steppers = {model: _stepper(model, config, tokenizers) for model in (lion, compiled)}
+    steppers = {model: _stepper(model, config) for model in (lion, compiled)}
     dataset = SyntheticBatches(config.data, Collator.for_model(tokenizers, config.data, lion.config),
                                STAGE_TASKS[config.stage], config.run.seed, patch_grid=lion.config.vision.patch_grid,
                                patch_targets=patch_targets(config.data))
@@ -79,9 +78,9 @@ def main() -> None:
               f"  {baseline / median:.2f}x")
 
 
-def _stepper(lion: LionModel, config: TrainConfig, tokenizers: LionTokenizers) -> Callable[[TrainBatch], None]:
+def _stepper(lion: LionModel, config: TrainConfig) -> Callable[[TrainBatch], None]:
     """One optimizer step of `lion` on a batch, as the trainer takes it."""
-    module = build_training_module(lion, config, tokenizers)
+    module = build_training_module(lion, config)
     optimizer = torch.optim.AdamW(param_groups(module, config.optim.weight_decay), lr=config.optim.lr)
     set_train_mode(module, lion, config.stage)
 

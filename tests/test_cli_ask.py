@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -61,3 +62,29 @@ def test_text_output_and_errors(model_dir: Path, image_file: Path, tmp_path: Pat
             ask.main([*args, *bad])
         assert exit_.value.code == (2 if bad[0] == "--beams" else 0)
     assert "--save-annotated" in capsys.readouterr().out
+
+
+def test_repetition_penalty_is_the_models_own_unless_given(model_dir: Path, image_file: Path, tmp_path: Path,
+                                                           capsys) -> None:
+    from lion_ros.api import GENERATION_CONFIG_NAME
+
+    mine = Path(shutil.copytree(model_dir, tmp_path / "model"))
+
+    def penalty(*extra: str) -> float:
+        args = ask.build_parser().parse_args(["--model", str(mine), "--image", str(image_file), *extra, "where?"])
+        return ask.generation_settings(args).repetition_penalty
+
+    assert penalty() == 1.5  # no generation_config.json: the reference LION value
+    (mine / GENERATION_CONFIG_NAME).write_text('{"repetition_penalty": 1.0}')
+    assert penalty() == 1.0  # what lion-train writes into every model it saves
+    assert penalty("--repetition-penalty", "1.2") == 1.2
+    assert ask.main(["--model", str(mine), "--image", str(image_file), "--repetition-penalty", "1.2", "--beams", "1",
+                     "--max-new-tokens", "3", "What is on the table?"]) == 0
+    assert capsys.readouterr().out.startswith("answer: ")
+    for bad in ("0", "-1", "nan", "high"):
+        with pytest.raises(SystemExit) as exit_:
+            penalty("--repetition-penalty", bad)
+        assert exit_.value.code == 2
+    (mine / GENERATION_CONFIG_NAME).write_text('{"repetition_penalty": "strong"}')
+    assert ask.main(["--model", str(mine), "--image", str(image_file), "where?"]) == 1
+    assert "repetition_penalty must be a positive number" in capsys.readouterr().err

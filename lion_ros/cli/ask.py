@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Optional, Sequence
@@ -44,6 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"beam width; 1 = greedy (default {DEFAULTS.num_beams})")
     parser.add_argument("--max-new-tokens", type=_positive, default=DEFAULTS.max_new_tokens,
                         help=f"answer length limit in tokens (default {DEFAULTS.max_new_tokens})")
+    parser.add_argument("--repetition-penalty", type=_positive_float, metavar="P",
+                        help="repetition penalty (default: the model's own, from its generation_config.json; "
+                             f"without one the reference {DEFAULTS.repetition_penalty})")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="PyTorch device (default cpu)")
     parser.add_argument("--no-box-constraint", action="store_true",
                         help="let region questions answer in free text (default: REC-style questions "
@@ -86,11 +90,19 @@ def _ask(args: argparse.Namespace) -> tuple[Answer, np.ndarray]:
     runtime = PyTorchRuntime.from_pretrained(
         args.model, device=args.device, runtime_config=RuntimeConfig(constrain_boxes=not args.no_box_constraint)
     )
-    settings = GenerationSettings(num_beams=args.beams, max_new_tokens=args.max_new_tokens,
-                                  **model_generation_defaults(args.model))
+    settings = generation_settings(args)
     tags = [tag.strip() for tag in args.tags.split(",") if tag.strip()]
     answer = runtime.answer(runtime.encode_image(rgb), args.question, tags=tags, task=TASKS[args.task], settings=settings)
     return answer, rgb
+
+
+def generation_settings(args: argparse.Namespace) -> GenerationSettings:
+    """The decoding settings of the command line, over the model directory's own defaults."""
+    settings = GenerationSettings(num_beams=args.beams, max_new_tokens=args.max_new_tokens,
+                                  **model_generation_defaults(args.model))
+    if args.repetition_penalty is not None:
+        settings = dataclasses.replace(settings, repetition_penalty=args.repetition_penalty)
+    return settings
 
 
 def answer_dict(answer: Answer) -> dict:
@@ -120,6 +132,13 @@ def _positive(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
     return value
 
 

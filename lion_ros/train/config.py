@@ -4,6 +4,10 @@ A file may start from another with `extends: base.yaml` (a path relative to the 
 keys are merged over the base's, section by section, so a run that changes three settings of
 another says only those three. Command-line overrides use dotted keys (`optim.lr=3e-4
 run.output_dir=runs/x`); values are parsed as YAML so numbers, booleans and lists keep their types.
+
+A model or tokenizer path written `package://<path>` is that path inside the installed lion_ros
+package (`package://assets/lion-nano` is the shipped lion-nano), so a packaged config runs from
+any folder; every other path is relative to the current folder.
 """
 from __future__ import annotations
 
@@ -22,6 +26,19 @@ INIT_KINDS = ("scratch", "pretrained", "handover")
 DISTRIBUTED_MODES = ("none", "ddp", "fsdp")
 SCHEDULES = ("steps", "time")
 LOSS_AVERAGES = ("token", "question")
+PACKAGE_SCHEME = "package://"
+PACKAGE_DIR = Path(__file__).resolve().parents[1]
+
+
+def resolve_package_path(value: str, key: str) -> str:
+    """`value` with a leading `package://` replaced by the installed lion_ros package's folder
+    (which must then hold it); any other value unchanged. `key` names the setting in errors."""
+    if not value.startswith(PACKAGE_SCHEME):
+        return value
+    path = PACKAGE_DIR / value[len(PACKAGE_SCHEME):]
+    if not path.exists():
+        raise FileNotFoundError(f"{key}: {value} is not part of the installed lion_ros package ({path} does not exist)")
+    return str(path)
 
 
 @dataclass
@@ -43,10 +60,15 @@ class ModelSection:
     """
 
     preset: str = "lion-nano"
-    tokenizer_dir: str = ""  # holds tokenizer/ and qformer_tokenizer/
+    # Holds tokenizer/ and qformer_tokenizer/. Empty: the starting model's own (init.path, or
+    # init.image_stage for a hand-over); a from-scratch run must name it.
+    tokenizer_dir: str = ""
     train_tokenizer: Optional[TokenizerTraining] = None  # build tokenizer_dir if missing
     dtype_policy: str = "fp32"  # LionConfig policy for training; "mixed" stores frozen ViT/T5 in half
     gradient_checkpointing: bool = False
+
+    def __post_init__(self) -> None:
+        self.tokenizer_dir = resolve_package_path(self.tokenizer_dir, "model.tokenizer_dir")
 
 
 @dataclass
@@ -60,6 +82,10 @@ class InitSection:
     with `path` at the shipped model they give stages 1 and 2 the stage-0 model they started from.
     handover: the stage-3 model from the stage-1 (`image_stage`) and stage-2 (`region_stage`)
     models, see `stages.handover`.
+
+    The starting model (`path`, or `image_stage` for a hand-over) also gives the run its
+    tokenizers (unless `model.tokenizer_dir` names others) and its decoding settings
+    (generation_config.json), which every saved model and checkpoint carries on.
     """
 
     kind: str = "scratch"
@@ -68,6 +94,10 @@ class InitSection:
     overlay: str = ""
     image_stage: str = ""
     region_stage: str = ""
+
+    def __post_init__(self) -> None:
+        for name in ("path", "overlay", "image_stage", "region_stage"):
+            setattr(self, name, resolve_package_path(getattr(self, name), f"init.{name}"))
 
 
 @dataclass
@@ -82,6 +112,9 @@ class DataSection:
 
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
     files: list[FileSource] = field(default_factory=list)
+    # Held-out files in the formats of `files`, scored with lion-eval's metrics every
+    # run.val_every steps (see run.best_metric).
+    val_files: list[FileSource] = field(default_factory=list)
     num_scenes: int = 100_000  # size of the training scene pool (rendered on the fly)
     images_per_batch: int = 8
     questions_per_image: int = 4
@@ -99,31 +132,6 @@ class DataSection:
     dense_supervision: float = 0.0
     # Which per-patch labels (data.synthetic.PATCH_TARGETS): object, box, depth, count.
     dense_targets: list[str] = field(default_factory=lambda: ["object"])
-    # Stage 0 only: weight of an auxiliary loss that makes every aggregator token (what T5 reads)
-    # point, by cosine against T5's own input embeddings, at the words for the object under its
-    # patch (category, colour, size; the `object` dense target, which must come first). The
-    # region tokens then speak T5's vocabulary, so a question's words and the patches they name
-    # start out alike instead of T5 having to learn that match from the answer loss alone.
-    dense_words: float = 0.0
-    # Stage 0 only: weight of an auxiliary loss that draws the Q-Former's cross-attention to the
-    # patches of the objects each question is about (`Sample.evidence`; synthetic scenes only).
-    # Where dense supervision teaches the ViT what is under each patch, this teaches the Q-Former
-    # where to look for a question. Measured on nano: the attention moves, the answers do not
-    # (lion-nano's HISTORY.md), so nano-stage0.yaml leaves it off.
-    attention_supervision: float = 0.0
-    # Any stage that trains the Q-Former (stage0, stage1, stage3, mixed), synthetic scenes: weight
-    # of an auxiliary loss that draws the queries' first self-attention (over queries and question
-    # together) to the question's words that name objects (category, colour, size). Retrieval
-    # takes two hops, queries taking up those words and then matching them against the patches;
-    # on a frozen nano ViT the answer loss alone does not find the first (lion-nano's
-    # HISTORY.md, "Where the answer is lost").
-    word_attention: float = 0.0
-    # Stages that train both visual branches (stage0, stage3, mixed): the fraction of questions
-    # whose T5 sees the aggregator's tokens zeroed, so only the Q-Former carries the image to
-    # them. Measured on nano: trained together, T5 reads the image through the aggregator alone
-    # and the Q-Former's output barely depends on the image (lion-nano's HISTORY.md, "The Q-Former
-    # branch is unused").
-    aggregator_dropout: float = 0.0
 
 
 @dataclass
@@ -161,8 +169,17 @@ class RunSection:
     keep_checkpoints: int = 2
     resume: str = ""  # a checkpoint directory, or "auto" for the latest one in output_dir
     distributed: str = "none"  # none | ddp | fsdp (chosen automatically under torchrun: ddp)
-    max_minutes: float = 0.0  # stop (and save) after this much wall time; 0 = no limit
+    # Stop after this much wall time; 0 = no limit. A run stopped so before optim.steps saves its
+    # model to model-partial/ (model/ is only ever a finished run's), with a checkpoint to resume;
+    # with optim.schedule: time the cap is the planned end, and the model goes to model/.
+    max_minutes: float = 0.0
     dist_timeout_minutes: float = 30.0  # rendezvous/collective timeout: a lost rank fails the run instead of hanging it
+    # With data.val_files: score them every this many steps and at the end (0: at the end only),
+    # into log.csv (val_* columns), TensorBoard (val/*) and val/step-N/ (lion-eval's report).
+    val_every: int = 0
+    # With data.val_files: a lion-eval headline metric (e.g. rec_acc@0.5, counting_acc); the model
+    # that scores best on it is kept in best/ (best.json names the step and score). Empty: no best/.
+    best_metric: str = ""
 
 
 @dataclass
@@ -190,39 +207,16 @@ class TrainConfig:
         if self.data.length_groups > 1 and self.model.gradient_checkpointing:
             # Recomputed T5 blocks would read the whole batch's routing, not their group's.
             raise ValueError("data.length_groups > 1 cannot be combined with model.gradient_checkpointing")
-        # The auxiliary losses of a from-scratch stage 0: what they train and the labels they need.
-        for name, trains, needs in (("dense_supervision", "the ViT", "per-patch labels"),
-                                    ("dense_words", "the aggregator", "per-patch labels"),
-                                    ("attention_supervision", "the Q-Former", "each question's evidence boxes")):
-            if getattr(self.data, name) <= 0:
-                continue
+        if self.data.dense_supervision > 0:
+            # It trains the ViT from scratch, which only stage 0 does, on labels only synthetic scenes have.
             if self.stage != "stage0":
-                raise ValueError(f"data.{name} trains {trains} from scratch, which only stage0 does")
+                raise ValueError("data.dense_supervision trains the ViT from scratch, which only stage0 does")
             if self.data.files:
-                raise ValueError(f"data.{name} needs {needs}, which only synthetic scenes have; "
+                raise ValueError("data.dense_supervision needs per-patch labels, which only synthetic scenes have; "
                                  "remove it or data.files")
-        if self.data.dense_supervision > 0 or self.data.dense_words > 0:
             patch_label_classes(self.data.dense_targets)  # raises on an unknown or empty list
-        if self.data.dense_words > 0 and self.data.dense_targets[0] != "object":
-            raise ValueError("data.dense_words reads the `object` labels: put object first in data.dense_targets")
-        for name in ("attention_supervision", "word_attention"):
-            if getattr(self.data, name) > 0 and self.model.gradient_checkpointing:
-                # The loss recomputes the attention map in a hook that is gone when backward recomputes.
-                raise ValueError(f"data.{name} cannot be combined with model.gradient_checkpointing")
-        if not 0 <= self.data.aggregator_dropout < 1:
-            raise ValueError(f"data.aggregator_dropout must be in [0, 1), got {self.data.aggregator_dropout}")
-        if self.data.aggregator_dropout > 0 and self.stage in ("stage1", "stage2"):
-            raise ValueError(f"data.aggregator_dropout needs both visual branches, which {self.stage} does not train")
-        if self.data.word_attention > 0:
-            if self.stage == "stage2":
-                raise ValueError("data.word_attention trains the Q-Former, which stage2 does not build")
-            if self.data.files:
-                raise ValueError("data.word_attention draws the queries to the words that name synthetic objects; "
-                                 "remove it or data.files")
-        if self.data.dense_supervision > 0 and self.run.distributed == "fsdp":
-            raise ValueError("data.dense_supervision is not supported with FSDP (its probe is not sharded)")
-        if self.data.dense_words > 0 and self.run.distributed == "fsdp":
-            raise ValueError("data.dense_words is not supported with FSDP (it reads T5's whole embedding table)")
+            if self.run.distributed == "fsdp":
+                raise ValueError("data.dense_supervision is not supported with FSDP (its probe is not sharded)")
         if self.optim.schedule not in SCHEDULES:
             raise ValueError(f"optim.schedule must be one of {SCHEDULES}, got {self.optim.schedule!r}")
         if self.optim.loss_average not in LOSS_AVERAGES:
@@ -234,6 +228,19 @@ class TrainConfig:
         if self.init.overlay and self.init.kind != "pretrained":
             raise ValueError(f"init.overlay replaces tensors of init.path; it needs init.kind pretrained, "
                              f"not {self.init.kind!r}")
+        if self.run.val_every < 0:
+            raise ValueError(f"run.val_every must be >= 0, got {self.run.val_every}")
+        if self.run.best_metric:
+            from lion_ros.eval.cli import HEADLINE
+
+            if self.run.best_metric not in HEADLINE:
+                raise ValueError(f"run.best_metric must be one of lion-eval's headline metrics {list(HEADLINE)}, "
+                                 f"got {self.run.best_metric!r}")
+        if self.data.val_files and self.run.distributed == "fsdp":
+            raise ValueError("data.val_files is not supported with FSDP (validation answers with rank 0's whole model)")
+        if not self.model.tokenizer_dir and self.init.kind != "scratch":
+            # One key names the starting model; its tokenizers come with it.
+            self.model.tokenizer_dir = self.init.path if self.init.kind == "pretrained" else self.init.image_stage
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -315,9 +322,9 @@ def _build(cls: type, data: Mapping[str, Any] | None) -> Any:
             value = _build(sub, value)
         elif isinstance(value, list) and name == "betas":
             value = tuple(value)
-        elif isinstance(value, list) and name == "files":
+        elif isinstance(value, list) and name in ("files", "val_files"):
             if not all(isinstance(item, Mapping) for item in value):
-                raise ValueError("each data.files entry is a mapping with at least 'format' and 'path'")
+                raise ValueError(f"each data.{name} entry is a mapping with at least 'format' and 'path'")
             value = [_build(FileSource, item) for item in value]
         elif fields[name].type == "float" and isinstance(value, str):
             value = _float(f"{cls.__name__}.{name}", value)

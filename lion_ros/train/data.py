@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 import os
+from collections.abc import Collection
 from typing import Iterator, Optional, Sequence
 
 import cv2
@@ -25,7 +26,7 @@ from lion_ros.api import TaskKind
 from lion_ros.data.images import load_rgb
 from lion_ros.data.sample import Sample
 from lion_ros.data.sources import load_source
-from lion_ros.data.synthetic import SyntheticDataset, patch_labels, patch_mask
+from lion_ros.data.synthetic import SyntheticDataset, patch_label_classes, patch_labels
 from lion_ros.model.config import LionConfig
 from lion_ros.preprocess import PreprocessConfig, preprocess_image
 from lion_ros.prompts import build_qformer_prompt, build_t5_prompt
@@ -56,7 +57,6 @@ class TrainBatch:
     labels: torch.Tensor  # [B, L], -100 at padding
     task_index: torch.Tensor  # [B] router rows (TaskKind)
     patch_labels: Optional[torch.Tensor] = None  # [I, P, K] per-patch labels (dense supervision)
-    evidence_mask: Optional[torch.Tensor] = None  # [B, P] bool, patches of each question's evidence
 
     def to(self, device: torch.device) -> "TrainBatch":
         return TrainBatch(**{k: None if v is None else v.to(device, non_blocking=True) for k, v in vars(self).items()})
@@ -71,23 +71,18 @@ class Collator:
 
     def __init__(
         self, tokenizers: LionTokenizers, config: DataSection, preprocess: PreprocessConfig, qformer_max_tokens: int,
-        patch_grid: int = 0,
     ) -> None:
-        """patch_grid: the ViT's patches per side, for the evidence masks of attention supervision."""
-        if config.attention_supervision > 0 and patch_grid <= 0:
-            raise ValueError("attention supervision needs the ViT's patch grid")
         self.tokenizers = tokenizers
         self.config = config
         self.preprocess = preprocess
-        self.patch_grid = patch_grid
         # The Q-Former's text positions are learned embeddings: never exceed their number.
         self.qformer_max_tokens = min(config.max_prompt_tokens, qformer_max_tokens)
 
     @classmethod
     def for_model(cls, tokenizers: LionTokenizers, config: DataSection, model: LionConfig) -> "Collator":
-        """The collator of `model`'s inputs: its image size, Q-Former text positions and patch grid."""
+        """The collator of `model`'s inputs: its image size and Q-Former text positions."""
         return cls(tokenizers, config, PreprocessConfig(image_size=model.vision.image_size),
-                   qformer_max_tokens=model.qformer.max_position_embeddings, patch_grid=model.vision.patch_grid)
+                   qformer_max_tokens=model.qformer.max_position_embeddings)
 
     def __call__(self, groups: Sequence[tuple[np.ndarray, list[Sample], Optional[np.ndarray]]],
                  rng: np.random.Generator) -> TrainBatch:
@@ -118,11 +113,7 @@ class Collator:
             labels=self.labels([s.answer for s in samples]),
             task_index=torch.tensor([int(s.task) for s in samples], dtype=torch.long),
             patch_labels=None if labels[0] is None else torch.from_numpy(np.stack(labels)),
-            evidence_mask=self.evidence_mask(samples) if self.config.attention_supervision > 0 else None,
         )
-
-    def evidence_mask(self, samples: Sequence[Sample]) -> torch.Tensor:
-        return torch.from_numpy(np.stack([patch_mask(s.evidence, self.patch_grid) for s in samples]))
 
     def labels(self, answers: Sequence[str]) -> torch.Tensor:
         """Answer ids ending in EOS, cut from the right (the T5 tokenizer cuts prompts from the
@@ -192,6 +183,17 @@ class ImageBatches(Dataset):
         return rgb, chosen, labels
 
 
+def patch_targets(config: DataSection) -> list[str]:
+    """The per-patch label groups each image of a synthetic batch carries: `dense_targets` when
+    dense supervision is on, none otherwise."""
+    return config.dense_targets if config.dense_supervision > 0 else []
+
+
+def patch_classes(config: DataSection) -> tuple[int, ...]:
+    """Classes of each per-patch label column of `patch_targets` (the dense probe's outputs)."""
+    return patch_label_classes(targets) if (targets := patch_targets(config)) else ()
+
+
 class SyntheticBatches(ImageBatches):
     """Batches of rendered synthetic scenes."""
 
@@ -221,6 +223,15 @@ class SyntheticBatches(ImageBatches):
         return scene.rgb, samples, labels
 
 
+def check_images_exist(paths: Collection[str], what: str) -> None:
+    """Raise FileNotFoundError, naming a few, if any of the image `paths` of `what` (a config key)
+    is missing: a wrong image_root should fail before training, not hours into the run."""
+    missing = [path for path in paths if not os.path.isfile(path)]
+    if missing:
+        raise FileNotFoundError(f"{len(missing)} of {len(paths)} images of {what} not found, e.g. "
+                                f"{', '.join(missing[:3])} (check image_root)")
+
+
 class FileBatches(ImageBatches):
     """Batches of the images of dataset files (`data.files`): every image with at least one
     question of this stage's tasks, in a fixed order (sorted by path) so batches are a
@@ -240,10 +251,7 @@ class FileBatches(ImageBatches):
                 by_image.setdefault(sample.image_path, []).append(sample)
         if not by_image:
             raise ValueError(f"data.files hold no samples of this stage's tasks ({', '.join(t.name for t in tasks)})")
-        missing = [path for path in by_image if not os.path.isfile(path)]
-        if missing:  # a wrong image_root should fail now, not hours into the run
-            raise FileNotFoundError(f"{len(missing)} of {len(by_image)} images of data.files not found, e.g. "
-                                    f"{', '.join(missing[:3])} (check image_root)")
+        check_images_exist(by_image, "data.files")
         self.images = sorted(by_image)
         self.samples = by_image
         super().__init__(config, collator, tasks, seed, len(self.images), rank, world_size)

@@ -37,11 +37,12 @@ def prepare_tokenizers(model: ModelSection, synthetic: SyntheticConfig, env: Dis
     """Load `model.tokenizer_dir`; train and save it first (on rank 0) when it is missing and
     `model.train_tokenizer` says how."""
     if not model.tokenizer_dir:
-        raise ValueError("model.tokenizer_dir is required")
+        raise ValueError("model.tokenizer_dir is required when training from scratch (init.kind scratch)")
     directory = Path(model.tokenizer_dir)
     if not (directory / T5_DIR).exists():
         if model.train_tokenizer is None:
-            raise FileNotFoundError(f"no tokenizers in {directory} and model.train_tokenizer is not set")
+            raise FileNotFoundError(f"no tokenizers in {directory} (model.tokenizer_dir, or the starting model's "
+                                    "folder when that is empty) and model.train_tokenizer is not set")
         if env.is_main:
             log.info("training tokenizers into %s", directory)
             build_nano_tokenizers(model.train_tokenizer, synthetic).save(directory)

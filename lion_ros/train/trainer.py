@@ -4,12 +4,16 @@ Output directory layout:
     <output_dir>/train_config.yaml    the resolved configuration
     <output_dir>/log.csv              step, losses, lr, grad norm, throughput (rank 0)
     <output_dir>/tb/                  TensorBoard scalars (rank 0)
-    <output_dir>/checkpoints/step-N/  config.json, model.safetensors, trainer_state.pt, rng-rank*.pt
-    <output_dir>/model/               the final model: config.json, model.safetensors, tokenizers
+    <output_dir>/checkpoints/step-N/  a model directory (below) + trainer_state.pt, rng-rank*.pt
+    <output_dir>/model/               the final model, written only by a run that finished
+    <output_dir>/model-partial/       the model of a run run.max_minutes stopped before optim.steps
+    <output_dir>/best/                the best model on data.val_files by run.best_metric (best.json)
+    <output_dir>/val/step-N/          lion-eval's report on data.val_files after step N
+A model directory (`saving.save_model_dir`) holds config.json, the weights, the tokenizers,
+generation_config.json (the starting model's decoding settings) and train_config.yaml.
 """
 from __future__ import annotations
 
-import contextlib
 import csv
 import logging
 import math
@@ -18,7 +22,6 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
@@ -26,124 +29,34 @@ from torch import nn
 from tqdm import tqdm
 
 from lion_ros.api import TaskKind
-from lion_ros.data.synthetic import OBJECT_LABEL_NAMES, PLURALS, patch_label_classes
+from lion_ros.eval.cli import HEADLINE
 from lion_ros.model.lion import ImageFeatures, LionModel
 from lion_ros.tokenization import LionTokenizers
 
 from . import distributed as dist_utils
-from .config import DataSection, OptimSection, TrainConfig
-from .data import STAGE_TASKS, BatchStream, Collator, FileBatches, ImageBatches, SyntheticBatches, TrainBatch
+from .config import OptimSection, TrainConfig
+from .data import (
+    STAGE_TASKS,
+    BatchStream,
+    Collator,
+    FileBatches,
+    ImageBatches,
+    SyntheticBatches,
+    TrainBatch,
+    patch_classes,
+    patch_targets,
+)
+from .saving import save_model_dir
 from .stages import apply_freeze_policy, build_model, set_train_mode, skip_idle_adapters
 from .tokenizer_training import prepare_tokenizers
+from .validation import BEST_DIR, Validation
 
 log = logging.getLogger(__name__)
 
 CHECKPOINTS_DIR = "checkpoints"
 FINAL_DIR = "model"
+PARTIAL_DIR = "model-partial"
 STATE_NAME = "trainer_state.pt"
-# data.* weight of each auxiliary loss -> its log.csv / TensorBoard name.
-AUXILIARY_LOSSES = {"dense_supervision": "loss_dense", "attention_supervision": "loss_attention",
-                    "dense_words": "loss_words", "word_attention": "loss_word_attention"}
-
-
-class QFormerAttentionMaps:
-    """While active, records the attention probabilities of one Q-Former attention module, for an
-    auxiliary loss on where it looks.
-
-    A forward pre-hook recomputes the probabilities from the module's own query and key
-    projections and its mask (differentiably) because fused attention kernels do not return them;
-    the module's output is untouched. Training only: the hook is removed on exit.
-    """
-
-    def __init__(self, module: nn.Module) -> None:
-        self.module = module
-        self.maps: list[torch.Tensor] = []
-        self._handle = None
-
-    def __enter__(self) -> "QFormerAttentionMaps":
-        self.maps.clear()
-        self._handle = self.module.register_forward_pre_hook(self._record, with_kwargs=True)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._handle.remove()
-
-    def _record(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
-        attention = module.attention
-        hidden = args[0] if args else kwargs["hidden_states"]
-        cross = kwargs.get("encoder_hidden_states") is not None
-        keys = kwargs["encoder_hidden_states"] if cross else hidden
-        mask = kwargs.get("encoder_attention_mask" if cross else "attention_mask")
-        heads, size = attention.num_attention_heads, attention.attention_head_size
-        q = attention.query(hidden).unflatten(-1, (heads, size)).transpose(1, 2)  # [B, H, Lq, d]
-        k = attention.key(keys).unflatten(-1, (heads, size)).transpose(1, 2)  # [B, H, Lk, d]
-        scores = (q @ k.transpose(-1, -2)).float() * attention.scaling
-        if mask is not None:  # boolean "may attend" or additive, broadcastable to the scores
-            scores = scores.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else scores + mask.float()
-        self.maps.append(torch.softmax(scores, dim=-1))
-
-    def negative_log_share(self, groups: list[torch.Tensor],
-                           share: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
-        """Mean over questions of -log of the attention share `share(rows, probs)` gives, as
-        ([b] shares, [b] which questions count), for each recorded pass and its rows of `groups`;
-        0 when no question counts."""
-        if len(self.maps) != len(groups):
-            raise RuntimeError(f"recorded {len(self.maps)} Q-Former passes for {len(groups)} question groups")
-        losses = []
-        for rows, probs in zip(groups, self.maps):
-            shares, counted = share(rows, probs)
-            losses.append(-torch.log(shares[counted].clamp_min(1e-6)))
-        per_question = torch.cat(losses)
-        return per_question.mean() if len(per_question) else per_question.new_zeros(())
-
-
-class QFormerCrossAttention(QFormerAttentionMaps):
-    """The maps of the Q-Former's last cross-attention layer (its queries over the ViT tokens) and
-    the attention-supervision loss on them."""
-
-    def __init__(self, lion: LionModel) -> None:
-        if not lion.config.uses_qformer:
-            raise ValueError("attention supervision needs the Q-Former (visual_input all/qformer)")
-        layers = [layer for layer in lion.qformer.encoder.layer if layer.has_cross_attention]
-        super().__init__(layers[-1].crossattention)
-
-    def evidence_loss(self, groups: list[torch.Tensor], evidence_mask: torch.Tensor) -> torch.Tensor:
-        """-log of the mean attention mass (over heads and queries) on each question's evidence
-        patches, averaged over the questions that have evidence; groups: the rows of each recorded
-        Q-Former pass, in order; evidence_mask [B, P] over the ViT patches (CLS excluded)."""
-        def on_evidence(rows: torch.Tensor, probs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            mask = evidence_mask[rows].to(probs.dtype)  # [b, P]
-            mass = (probs[..., 1:] * mask[:, None, None, :]).sum(-1).mean((1, 2))  # drop CLS; [b]
-            return mass, mask.sum(-1) > 0
-
-        return self.negative_log_share(groups, on_evidence)
-
-
-class QFormerWordAttention(QFormerAttentionMaps):
-    """The maps of the Q-Former's first self-attention (queries and question text together) and
-    the word-attention loss: the queries must first take up the words that name an object before
-    the cross-attention can look for it (lion-nano's HISTORY.md, "Where the answer is lost")."""
-
-    def __init__(self, lion: LionModel, word_ids: torch.Tensor) -> None:
-        if not lion.config.uses_qformer:
-            raise ValueError("data.word_attention needs the Q-Former (visual_input all/qformer)")
-        super().__init__(lion.qformer.encoder.layer[0].attention)
-        self.num_queries = lion.config.qformer.num_query_tokens
-        self.word_ids = word_ids
-
-    def word_loss(self, groups: list[torch.Tensor], qformer_input_ids: torch.Tensor) -> torch.Tensor:
-        """-log of the share of the queries' attention (mean over heads and queries) on the
-        question's label words, averaged over the questions that have any; groups as in
-        `QFormerCrossAttention.evidence_loss`, qformer_input_ids [B, Q] the batch's Q-Former text."""
-        queries = self.num_queries
-
-        def on_words(rows: torch.Tensor, probs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            text = qformer_input_ids[rows, : probs.shape[-1] - queries]
-            words = torch.isin(text, self.word_ids.to(text.device)).to(probs.dtype)  # [b, T]
-            share = (probs[:, :, :queries, queries:] * words[:, None, None, :]).sum(-1).mean((1, 2))  # [b]
-            return share, words.sum(-1) > 0
-
-        return self.negative_log_share(groups, on_words)
 
 
 class TrainingModule(nn.Module):
@@ -156,82 +69,34 @@ class TrainingModule(nn.Module):
     130-token grounded caption otherwise pads every row to 130. The loss is unchanged.
     """
 
-    def __init__(self, lion: LionModel, length_groups: int = 1, dense_classes: tuple[int, ...] = (),
-                 attention_supervision: bool = False, patch_words: Optional[list[torch.Tensor]] = None,
-                 label_word_ids: Optional[torch.Tensor] = None, aggregator_dropout: float = 0.0) -> None:
-        """label_word_ids: the Q-Former ids of the words that name objects, for data.word_attention;
-        aggregator_dropout: data.aggregator_dropout (applied in training mode only)."""
+    def __init__(self, lion: LionModel, length_groups: int = 1, dense_classes: tuple[int, ...] = ()) -> None:
         super().__init__()
         self.lion = lion
-        self.aggregator_dropout = aggregator_dropout
         self.length_groups = length_groups
-        self.cross_attention = QFormerCrossAttention(lion) if attention_supervision else None
-        self.word_attention = QFormerWordAttention(lion, label_word_ids) if label_word_ids is not None else None
-        # A linear probe from the ViT's output tokens to per-patch labels (`dense_classes` classes
-        # per label, see data.synthetic.patch_labels); training only.
+        # data.dense_supervision: a linear probe from the ViT's output tokens to per-patch labels
+        # (`dense_classes` classes per label column, `data.patch_classes`); training only.
         self.dense_classes = dense_classes
         self.probe = nn.Linear(lion.config.vision.hidden_size, sum(dense_classes)) if dense_classes else None
-        # data.dense_words: the T5 ids of the words for label values 1..n of the first patch-label
-        # columns (`patch_word_ids`).
-        self.patch_words = patch_words
 
-    def forward(self, batch: TrainBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """([B, L] per-token answer losses, the mean of each auxiliary loss by its data.* weight's
-        name (`AUXILIARY_LOSSES`), 0 where it is off)."""
+    def forward(self, batch: TrainBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        """([B, L] per-token answer losses, the mean dense-supervision loss: 0 where it is off)."""
         features = self.lion.encode_image(batch.pixel_values)
         token_loss = batch.labels.new_zeros(batch.labels.shape, dtype=torch.float32)
-        groups = self._groups(batch.labels)
-        with contextlib.ExitStack() as recording:
-            for recorder in (self.cross_attention, self.word_attention):
-                if recorder is not None:
-                    recording.enter_context(recorder)
-            for rows in groups:
-                group_loss = self._question_loss(batch, rows, features)  # [rows, the group's longest answer]
-                token_loss[rows, : group_loss.shape[1]] = group_loss
-        attention_loss = token_loss.new_zeros(())
-        if self.cross_attention is not None:
-            if batch.evidence_mask is None:
-                raise ValueError("attention supervision needs the batch's evidence masks")
-            attention_loss = self.cross_attention.evidence_loss(groups, batch.evidence_mask)
-        word_attention_loss = token_loss.new_zeros(())
-        if self.word_attention is not None:
-            word_attention_loss = self.word_attention.word_loss(groups, batch.qformer_input_ids)
+        for rows in self._groups(batch.labels):
+            group_loss = self._question_loss(batch, rows, features)  # [rows, the group's longest answer]
+            token_loss[rows, : group_loss.shape[1]] = group_loss
         dense_loss = token_loss.new_zeros(())
         if self.probe is not None:
             if batch.patch_labels is None or features.qformer_input is None:
                 raise ValueError("dense supervision needs patch labels and the ViT output (visual_input all/qformer)")
             dense_loss = self._dense_loss(features.qformer_input[:, 1:], batch.patch_labels)  # drop CLS
-        words_loss = token_loss.new_zeros(())
-        if self.patch_words is not None:
-            if batch.patch_labels is None or features.aggregator_tokens is None:
-                raise ValueError("data.dense_words needs patch labels and the aggregator's tokens (visual_input all)")
-            words_loss = self._words_loss(features.aggregator_tokens[:, 1:], batch.patch_labels)  # drop CLS
-        return token_loss, {"dense_supervision": dense_loss, "attention_supervision": attention_loss,
-                            "dense_words": words_loss, "word_attention": word_attention_loss}
+        return token_loss, dense_loss
 
     def _dense_loss(self, patches: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Mean over the labels of the per-patch cross-entropy; patches [I, P, D], labels [I, P, K]."""
         logits = self.probe(patches.float()).split(self.dense_classes, dim=-1)
         return torch.stack([F.cross_entropy(kind.flatten(0, 1), labels[..., i].flatten())
                             for i, kind in enumerate(logits)]).mean()
-
-    def _words_loss(self, tokens: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """Mean over the labels of the cross-entropy, on object patches, of the cosine between each
-        T5-side patch token [I, P, d_model] and T5's embeddings of that label's words."""
-        # A fixed scale (CLIP's 1/0.07 rounded): cosines alone give logits in [-1, 1], too flat to learn from.
-        scale = 14.0
-        tokens = F.normalize(tokens.float(), dim=-1)
-        shared = self.lion.language_model.shared.weight
-        losses = []
-        for column, ids in enumerate(self.patch_words):
-            target = labels[..., column]
-            on_object = target > 0
-            if not on_object.any():
-                continue
-            words = F.normalize(shared[ids.to(shared.device)].float(), dim=-1)  # [n, d_model]
-            logits = scale * tokens[on_object] @ words.T
-            losses.append(F.cross_entropy(logits, target[on_object] - 1))
-        return torch.stack(losses).mean() if losses else tokens.new_zeros(())
 
     def _groups(self, labels: torch.Tensor) -> list[torch.Tensor]:
         lengths = (labels != -100).sum(1)
@@ -247,9 +112,6 @@ class TrainingModule(nn.Module):
         image_rows = batch.image_index[rows]
         features = ImageFeatures(*(None if t is None else t.index_select(0, image_rows)
                                    for t in (features.qformer_input, features.aggregator_tokens)))
-        if self.training and self.aggregator_dropout > 0 and features.aggregator_tokens is not None:
-            keep = torch.rand(len(rows), device=image_rows.device) >= self.aggregator_dropout
-            features.aggregator_tokens = features.aggregator_tokens * keep[:, None, None].to(features.aggregator_tokens.dtype)
         out = lion(
             input_ids=batch.input_ids[rows, :prompt_length],
             attention_mask=batch.attention_mask[rows, :prompt_length],
@@ -310,9 +172,11 @@ class LRSchedule:
 class TrainResult:
     step: int
     final_loss: float  # mean over ranks at the last logged step
-    model_dir: Optional[Path]  # rank 0 only
+    model_dir: Path | None  # rank 0 only
     seconds: float
     model: LionModel  # this rank's trained model (full weights except under FSDP)
+    stopped_by_time: bool = False  # run.max_minutes ended the run before optim.steps
+    best_dir: Path | None = None  # rank 0, with run.best_metric
 
 
 def train(config: TrainConfig) -> TrainResult:
@@ -341,7 +205,7 @@ def train(config: TrainConfig) -> TrainResult:
     skipped_adapters = skip_idle_adapters(lion)  # on the weights it resumes from
     lion.to(env.device)
     # The dense probe is made here, after the model moved.
-    training_module = build_training_module(lion, config, tokenizers).to(env.device)
+    training_module = build_training_module(lion, config).to(env.device)
     module = dist_utils.wrap(training_module, config.run, env)
     optimizer = torch.optim.AdamW(
         param_groups(module, config.optim.weight_decay), lr=config.optim.lr, betas=config.optim.betas,
@@ -352,6 +216,13 @@ def train(config: TrainConfig) -> TrainResult:
     if resume_dir is not None:
         step, seconds_before = load_trainer_state(resume_dir, module, optimizer, env, training_module.probe)
         log.info("resumed from %s at step %d (%.1f min of training before)", resume_dir, step, seconds_before / 60)
+    if env.is_main and config.optim.warmup_steps >= config.optim.steps:
+        log.warning("optim.warmup_steps (%d) >= optim.steps (%d): the learning rate climbs for the whole run and "
+                    "never decays; lower optim.warmup_steps", config.optim.warmup_steps, config.optim.steps)
+    if env.is_main and not config.data.val_files and (config.run.val_every or config.run.best_metric):
+        log.warning("no data.val_files: nothing is validated (run.val_every, run.best_metric unused)")
+    validation = Validation(config, out_dir, resumed=resume_dir is not None) if config.data.val_files and env.is_main \
+        else None
 
     collator = Collator.for_model(tokenizers, config.data, lion.config)
     if config.data.files:
@@ -370,10 +241,11 @@ def train(config: TrainConfig) -> TrainResult:
             log.info("training on %d images with %d questions from data.files", len(dataset.images),
                      sum(map(len, dataset.samples.values())))
 
-    logger = MetricLogger(out_dir, enabled=env.is_main, resume_step=step)
+    logger = MetricLogger(out_dir, enabled=env.is_main, resume_step=step, validation=validation is not None)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=env.device.type == "cuda" and config.run.bf16)
     set_train_mode(module, lion, config.stage)
-    progress = tqdm(total=config.optim.steps, initial=step, disable=not env.is_main, desc=config.stage, dynamic_ncols=True)
+    progress = tqdm(total=config.optim.steps, initial=step, disable=not env.is_main, desc=config.stage,
+                    dynamic_ncols=True)
     loss_value = float("nan")
     window_start, window_samples = time.time(), 0
     elapsed = seconds_before
@@ -385,9 +257,9 @@ def train(config: TrainConfig) -> TrainResult:
         # backward lets gradient checkpointing recompute routed blocks.
         with lion.route(batch.task_index):
             with autocast:
-                token_loss, auxiliary = module(batch)
+                token_loss, dense_loss = module(batch)
             mask = batch.labels != -100
-            loss = total_loss(token_loss, auxiliary, mask, config)
+            loss = total_loss(token_loss, dense_loss, mask, config)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
         grad_norm = dist_utils.clip_grad_norm(module, config.optim.grad_clip)
@@ -400,7 +272,7 @@ def train(config: TrainConfig) -> TrainResult:
 
         if step % config.run.log_every == 0 or step == config.optim.steps:
             stats = _loss_stats(token_loss.detach(), mask, batch.task_index)
-            stats.update({AUXILIARY_LOSSES[name]: float(value.detach()) for name, value in auxiliary.items()})
+            stats["loss_dense"] = float(dense_loss.detach())
             stats = dist_utils.mean_over_ranks(stats, env)
             loss_value = stats["loss"]
             window_s = time.time() - window_start
@@ -411,57 +283,54 @@ def train(config: TrainConfig) -> TrainResult:
             window_start, window_samples = time.time(), 0
 
         out_of_time = config.run.max_minutes > 0 and elapsed > 60 * config.run.max_minutes
+        if validation is not None and validation.due(step, last=out_of_time or step == config.optim.steps):
+            logger.log(step, validation.run(step, lion, tokenizers), group="val")
+            set_train_mode(module, lion, config.stage)
         if step % config.run.checkpoint_every == 0 or out_of_time:
             save_checkpoint(out_dir, step, elapsed, module, lion, tokenizers, optimizer, config, env,
                             training_module.probe)
         if out_of_time:
-            log.warning("stopping at step %d: run.max_minutes=%s reached", step, config.run.max_minutes)
             break
     progress.close()
     logger.close()
 
-    model_dir = out_dir / FINAL_DIR
+    stopped_by_time = step < config.optim.steps
+    # With optim.schedule time the learning rate has decayed over run.max_minutes: the cap is the
+    # run's planned end. Otherwise it cut the run short, and model/ is left to finished runs.
+    finished = not stopped_by_time or config.optim.schedule == "time"
+    model_dir = out_dir / (FINAL_DIR if finished else PARTIAL_DIR)
+    if env.is_main and stopped_by_time:
+        log.warning("stopped by time after %d of %d steps (run.max_minutes=%g)%s; the model is in %s. %s", step,
+                    config.optim.steps, config.run.max_minutes,
+                    ", still warming up" if step < config.optim.warmup_steps else "", model_dir,
+                    "optim.schedule time decayed the learning rate over that time, so this is the final model."
+                    if finished else f"{FINAL_DIR}/ is left as it was; to go on, raise run.max_minutes and run "
+                    "again with run.resume: auto (the checkpoint of this step).")
     with dist_utils.full_weights(module, env):
         if env.is_main:
-            lion.save_pretrained(model_dir)
-            tokenizers.save(model_dir)
-            config.save(model_dir / "train_config.yaml")
+            save_model_dir(model_dir, lion, tokenizers, config)
     dist_utils.barrier(env)
     # Drop the DDP/FSDP wrapper first: it holds the process group, which would otherwise be
     # destroyed only when this frame unwinds, after the peer may have exited (a rank then hung
     # at exit in the 2-process gloo test). This way every rank destroys it inside teardown.
     del module
     dist_utils.teardown(env)
+    best_dir = out_dir / BEST_DIR if validation is not None and config.run.best_metric else None
     return TrainResult(step=step, final_loss=loss_value, model_dir=model_dir if env.is_main else None,
-                       seconds=time.time() - start_time, model=lion)
+                       seconds=time.time() - start_time, model=lion, stopped_by_time=stopped_by_time,
+                       best_dir=best_dir)
 
 
-def build_training_module(lion: LionModel, config: TrainConfig, tokenizers: LionTokenizers) -> TrainingModule:
-    """The stage's training module, with the auxiliary losses its `data.*` weights turn on."""
-    data = config.data
-    return TrainingModule(
-        lion, data.length_groups,
-        patch_label_classes(data.dense_targets) if data.dense_supervision > 0 else (),
-        data.attention_supervision > 0,
-        patch_word_ids(tokenizers) if data.dense_words > 0 else None,
-        label_word_ids(tokenizers) if data.word_attention > 0 else None,
-        data.aggregator_dropout,
-    )
+def build_training_module(lion: LionModel, config: TrainConfig) -> TrainingModule:
+    """The stage's training module, with dense supervision when `data.dense_supervision` turns it on."""
+    return TrainingModule(lion, config.data.length_groups, patch_classes(config.data))
 
 
-def patch_targets(data: DataSection) -> list[str]:
-    """The patch-label groups each image's batch must carry (dense supervision, dense words)."""
-    return data.dense_targets if data.dense_supervision > 0 or data.dense_words > 0 else []
-
-
-def total_loss(token_loss: torch.Tensor, auxiliary: dict[str, torch.Tensor], mask: torch.Tensor,
+def total_loss(token_loss: torch.Tensor, dense_loss: torch.Tensor, mask: torch.Tensor,
                config: TrainConfig) -> torch.Tensor:
     """The loss a step minimises: the answer loss of the [B, L] per-token losses and their mask,
-    plus each auxiliary loss times its `data.*` weight."""
-    loss = answer_loss(token_loss, mask, config.optim.loss_average)
-    for name, value in auxiliary.items():
-        loss = loss + getattr(config.data, name) * value
-    return loss
+    plus the dense-supervision loss times its `data.dense_supervision` weight."""
+    return answer_loss(token_loss, mask, config.optim.loss_average) + config.data.dense_supervision * dense_loss
 
 
 def answer_loss(token_loss: torch.Tensor, mask: torch.Tensor, average: str) -> torch.Tensor:
@@ -469,32 +338,6 @@ def answer_loss(token_loss: torch.Tensor, mask: torch.Tensor, average: str) -> t
     if average == "question":
         return (token_loss.sum(1) / mask.sum(1).clamp(min=1)).mean()
     return token_loss.sum() / mask.sum()
-
-
-def patch_word_ids(tokenizers: LionTokenizers) -> list[torch.Tensor]:
-    """T5 ids of the words the `object` patch labels name (`OBJECT_LABEL_NAMES`), one tensor per
-    label column."""
-    ids = []
-    for words in OBJECT_LABEL_NAMES:
-        pieces = [tokenizers.t5(word, add_special_tokens=False)["input_ids"] for word in words]
-        split = [word for word, p in zip(words, pieces) if len(p) != 1]
-        if split:
-            raise ValueError(f"data.dense_words needs one T5 token per word; the tokenizer splits {split}")
-        ids.append(torch.tensor([p[0] for p in pieces]))
-    return ids
-
-
-def label_word_ids(tokenizers: LionTokenizers) -> torch.Tensor:
-    """Q-Former ids of the words that name a synthetic object (`OBJECT_LABEL_NAMES`: category,
-    colour, size), for data.word_attention, plus the first piece of each category's plural (the
-    whole plural when the vocabulary has it, else its stem, which is the category word)."""
-    names = [word for words in OBJECT_LABEL_NAMES for word in words]
-    pieces = {word: tokenizers.qformer(word, add_special_tokens=False)["input_ids"] for word in names}
-    split = [word for word, ids in pieces.items() if len(ids) != 1]
-    if split:
-        raise ValueError(f"data.word_attention needs one Q-Former token per label word; the tokenizer splits {split}")
-    plurals = [tokenizers.qformer(PLURALS[c], add_special_tokens=False)["input_ids"][0] for c in OBJECT_LABEL_NAMES[0]]
-    return torch.tensor(sorted({ids[0] for ids in pieces.values()} | set(plurals)))
 
 
 def enable_gradient_checkpointing(lion: LionModel) -> None:
@@ -532,32 +375,38 @@ def _loss_stats(token_loss: torch.Tensor, mask: torch.Tensor, task_index: torch.
 class MetricLogger:
     """CSV + TensorBoard scalars on rank 0."""
 
-    FIELDS = ("step", "loss", "loss_region", "loss_image", "loss_dense", "loss_attention", "loss_words", "lr", "grad_norm",
-              "samples_per_s", "elapsed_s", "loss_word_attention")
+    FIELDS = ("step", "loss", "loss_region", "loss_image", "loss_dense", "lr", "grad_norm", "samples_per_s",
+              "elapsed_s")
 
-    def __init__(self, out_dir: Path, enabled: bool, resume_step: int) -> None:
+    def __init__(self, out_dir: Path, enabled: bool, resume_step: int, validation: bool = False) -> None:
+        """validation: add a val_<metric> column for each of lion-eval's headline metrics."""
         self.enabled = enabled
         if not enabled:
             return
+        self.fields = self.FIELDS + (tuple(f"val_{key}" for key in HEADLINE) if validation else ())
         path = out_dir / "log.csv"
         new = resume_step == 0 or not path.exists()
         self.file = path.open("w" if new else "a", newline="")
-        self.csv = csv.DictWriter(self.file, fieldnames=self.FIELDS)
+        self.csv = csv.DictWriter(self.file, fieldnames=self.fields)
         if new:
             self.csv.writeheader()
         from torch.utils.tensorboard import SummaryWriter
 
         self.tb = SummaryWriter(str(out_dir / "tb"), purge_step=resume_step or None)
 
-    def log(self, step: int, stats: dict[str, float]) -> None:
+    def log(self, step: int, stats: dict[str, float | None], group: str = "train") -> None:
+        """One log.csv row (columns `<group>_<key>` outside the train group; a validation row
+        leaves the training columns empty) and TensorBoard scalars `<group>/<key>`; None values
+        (a metric without questions) are left out of both."""
         if not self.enabled:
             return
-        row = {"step": step, **{k: f"{stats[k]:.6g}" for k in self.FIELDS[1:]}}
+        prefix = "" if group == "train" else f"{group}_"
+        row = {"step": step, **{f"{prefix}{k}": f"{v:.6g}" for k, v in stats.items() if v is not None}}
         self.csv.writerow(row)
         self.file.flush()
         for key, value in stats.items():
-            if not math.isnan(value):
-                self.tb.add_scalar(f"train/{key}", value, step)
+            if value is not None and not math.isnan(value):
+                self.tb.add_scalar(f"{group}/{key}", value, step)
 
     def close(self) -> None:
         if self.enabled:
@@ -568,18 +417,17 @@ class MetricLogger:
 def save_checkpoint(
     out_dir: Path, step: int, seconds: float, module: nn.Module, lion: LionModel, tokenizers: LionTokenizers,
     optimizer: torch.optim.Optimizer, config: TrainConfig, env: dist_utils.DistEnv,
-    probe: Optional[nn.Module] = None,
+    probe: nn.Module | None = None,
 ) -> None:
     """Model + optimizer + step + the stage's wall time so far + every rank's RNG, then prune old
     checkpoints (the learning rate is a function of step and time, so it needs no state).
 
-    The tokenizers go along so that a checkpoint is a model directory `lion-eval` can read."""
+    A checkpoint is a whole model directory (`save_model_dir`) that lion-eval and lion-ask can read."""
     ckpt = out_dir / CHECKPOINTS_DIR / f"step-{step:07d}"
     optim_state = dist_utils.optimizer_state(module, optimizer, env)
     with dist_utils.full_weights(module, env):
         if env.is_main:
-            lion.save_pretrained(ckpt)
-            tokenizers.save(ckpt)
+            save_model_dir(ckpt, lion, tokenizers, config)
             state = {"step": step, "seconds": seconds, "optimizer": optim_state}
             if probe is not None:  # not part of the model, but resuming needs it
                 state["probe"] = probe.state_dict()
@@ -599,7 +447,7 @@ def save_checkpoint(
 
 def load_trainer_state(
     ckpt: Path, module: nn.Module, optimizer: torch.optim.Optimizer, env: dist_utils.DistEnv,
-    probe: Optional[nn.Module] = None,
+    probe: nn.Module | None = None,
 ) -> tuple[int, float]:
     """Restore what `save_checkpoint` wrote; returns (step, seconds of training before it)."""
     state = torch.load(ckpt / STATE_NAME, map_location="cpu", weights_only=True)
@@ -620,7 +468,7 @@ def load_trainer_state(
     return int(state["step"]), float(state.get("seconds", 0.0))  # older checkpoints: no time
 
 
-def find_resume(resume: str, out_dir: Path) -> Optional[Path]:
+def find_resume(resume: str, out_dir: Path) -> Path | None:
     """`run.resume`: "" (fresh), "auto" (latest complete checkpoint in out_dir, if any) or a path."""
     if not resume:
         return None
