@@ -1,7 +1,7 @@
 """TensorRT (and ONNX Runtime CUDA) on a real GPU, on a tiny random model.
 
 Skipped, with the reason, where there is no CUDA device or no TensorRT 10+: that is every
-development and CI machine of this project so far (see engines/README.md for what ran where).
+development and CI machine of this project so far (see docs/deployment.md for what ran where).
 
 Tolerances: fp32 engines must give the PyTorch token ids exactly; bf16 / fp16 engines are
 compared on the first-step logits of the fp32 PyTorch model (max abs difference 0.1; the

@@ -165,11 +165,11 @@ class SyntheticConfig:
     prompt_variety: bool = True  # False: always the canonical template of each task
     # "plain": spatial questions are answered "yes"/"no" (VSR). "grounded": the answer first
     # finds both objects, then decides, e.g. "the cup[0.1,..] is left of the ball[0.6,..]: yes",
-    # so the decision reads two boxes the model has just written (MODEL_CARD.md, "Spatial yes/no").
+    # so the decision reads two boxes the model has just written (docs/experiments/lion-nano.md).
     spatial_answer: str = "plain"
     # The relations spatial questions ask about. With all four, the verdict is an XOR of the
     # relation's direction and the objects' order, so no single-object cue predicts it; asking
-    # only "left"/"front" first is a curriculum (MODEL_CARD.md, "Spatial yes/no").
+    # only "left"/"front" first is a curriculum (docs/experiments/lion-nano.md).
     spatial_relations: tuple[str, ...] = field(default_factory=lambda: tuple(RELATION_PHRASES))
 
     def __post_init__(self) -> None:

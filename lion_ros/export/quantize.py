@@ -53,7 +53,7 @@ def quantize_weights_int8(
     `float_heads` names graph outputs whose last MatMul / Gemm keeps its float weight. For an LM
     head that is worth its bytes: its rounding error lands on the logits unmixed and flips close
     calls between candidate tokens (lion-nano, 1176 teacher-forced greedy steps: 17 tokens changed
-    by an int8 head alone, 4 by all other decoder weights in int8; see engines/README.md).
+    by an int8 head alone, 4 by all other decoder weights in int8; see docs/deployment.md).
 
     Weights must be in memory (`onnx.load` loads external data by default). Scales have the
     weight's dtype where the opset allows (>= 19); below that they are float32 and a Cast after
