@@ -14,13 +14,13 @@ import statistics
 from pathlib import Path
 
 import torch
+from timing import median_ms  # bench/timing.py
 
 from lion_ros.api import TaskKind
 from lion_ros.data.synthetic import render_scene
-from lion_ros.serving.parameters import SHIPPED_MODEL
 from lion_ros.runtime.backends import BACKEND_CLASSES, load_runtime
 from lion_ros.runtime.base import GenerationSettings
-from timing import median_ms  # bench/timing.py
+from lion_ros.serving.parameters import SHIPPED_MODEL
 
 QUESTIONS = [
     ("In the image <image>, can you locate the red cup and let me know its coordinates?", TaskKind.REGION),
@@ -35,10 +35,12 @@ def bench(runtime, rgb, settings: GenerationSettings, repeats: int) -> dict[str,
     row = {"encode_ms": encode_ms}
     answers, fresh = [], []
     for question, task in QUESTIONS:
-        ms, answer = median_ms(lambda: runtime.answer(encoded, question, task=task, settings=settings), repeats)
+        ms, answer = median_ms(
+            lambda q=question, t=task: runtime.answer(encoded, q, task=t, settings=settings), repeats)
         answers.append((ms, answer))
         fresh_ms, _ = median_ms(
-            lambda: runtime.answer(runtime.encode_image(rgb), question, task=task, settings=settings), repeats)
+            lambda q=question, t=task: runtime.answer(runtime.encode_image(rgb), q, task=t, settings=settings),
+            repeats)
         fresh.append(fresh_ms)
     row["answer_ms"] = statistics.mean(ms for ms, _ in answers)
     row["answer_fresh_ms"] = statistics.mean(fresh)

@@ -12,10 +12,10 @@ from __future__ import annotations
 import argparse
 
 import torch
+from timing import median_ms  # bench/timing.py
 
 from lion_ros.data.synthetic import render_scene
 from lion_ros.preprocess import PreprocessConfig, preprocess_image
-from timing import median_ms  # bench/timing.py
 
 
 def main() -> None:

@@ -31,7 +31,6 @@ from torch import nn
 from transformers import InstructBlipConfig, InstructBlipForConditionalGeneration
 
 from lion_ros.model import LionConfig, LionModel
-from lion_ros.model.config import LanguageConfig
 from lion_ros.model.generation import GenerationSettings, decode
 
 # flan-t5-small's language model on nano's vision side.

@@ -6,4 +6,15 @@ install tree; `extend_path` lets that tree and this source tree form one package
 """
 __path__ = __import__("pkgutil").extend_path(__path__, __name__)
 
-__version__ = "0.1.0"
+
+def _version() -> str:
+    # package.xml is the one version source; pip and colcon both record it as the distribution's.
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("lion_ros")
+    except PackageNotFoundError:  # a source tree that was never installed
+        return "0+unknown"
+
+
+__version__ = _version()

@@ -50,14 +50,14 @@ class BoxCodec:
     decimals: int = 3
     answer_prefix: str = "Answer: "
     # Words that end the noun phrase when walking back from a box ("... next to a bowl[..]").
-    boundary_words: frozenset[str] = frozenset(
-        "and or but with without next to near beside besides behind in on at under over above "
-        "below by from into onto inside outside between among against around across along "
-        "holding wearing carrying riding while is are was were who which that there where has "
-        "have answer".split()
-    )
+    boundary_words: frozenset[str] = frozenset([
+        "and", "or", "but", "with", "without", "next", "to", "near", "beside", "besides", "behind", "in", "on",
+        "at", "under", "over", "above", "below", "by", "from", "into", "onto", "inside", "outside", "between",
+        "among", "against", "around", "across", "along", "holding", "wearing", "carrying", "riding", "while",
+        "is", "are", "was", "were", "who", "which", "that", "there", "where", "has", "have", "answer",
+    ])
     determiners: frozenset[str] = frozenset(
-        "a an the this that these those his her their its my your our some".split()
+        ["a", "an", "the", "this", "that", "these", "those", "his", "her", "their", "its", "my", "your", "our", "some"]
     )
     # Clause punctuation: the phrase never reaches across it.
     phrase_stops: str = ".,;:!?()\""

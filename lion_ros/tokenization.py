@@ -135,7 +135,7 @@ def _word_unigram_vocab(tokenizer: Tokenizer, corpus: list[str], size: int) -> l
     chars = sorted({c for piece in counts for c in piece} | set(BOX_CHARACTERS))
     # Punctuation is isolated before the word-start mark can join it, so only alphanumerics
     # need a marked variant.
-    fallback = {c: 1 for c in chars} | {"\u2581" + c: 1 for c in chars if c.isalnum()}
+    fallback = dict.fromkeys(chars, 1) | {"\u2581" + c: 1 for c in chars if c.isalnum()}
     if len(fallback) > size:
         raise ValueError(f"a vocabulary of {size} pieces cannot hold the corpus's {len(fallback)} character pieces")
     words = [w for w, _ in counts.most_common() if w not in fallback]
@@ -169,8 +169,7 @@ def train_nano_tokenizers(
     t5 = Tokenizer(models.Unigram())
     t5.normalizer = normalizers.NFKC()
     t5.pre_tokenizer = pre.Sequence(
-        [pre.WhitespaceSplit(), pre.Metaspace(prepend_scheme="always")]
-        + _isolate_digits_and_punctuation()
+        [pre.WhitespaceSplit(), pre.Metaspace(prepend_scheme="always"), *_isolate_digits_and_punctuation()]
     )
     t5.decoder = decoders.Metaspace(prepend_scheme="always")
     vocab = _word_unigram_vocab(t5, corpus, t5_vocab_size - len(t5_specials) - config.num_sentinels)
@@ -184,7 +183,7 @@ def train_nano_tokenizers(
     bert_specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", QFORMER_BOS]
     bert = Tokenizer(models.WordPiece(unk_token="[UNK]"))
     bert.normalizer = normalizers.BertNormalizer(lowercase=True)
-    bert.pre_tokenizer = pre.Sequence([pre.BertPreTokenizer()] + _isolate_digits_and_punctuation())
+    bert.pre_tokenizer = pre.Sequence([pre.BertPreTokenizer(), *_isolate_digits_and_punctuation()])
     bert.decoder = decoders.WordPiece()
     bert.train_from_iterator(
         corpus,

@@ -21,7 +21,8 @@ from lion_ros.train.stages import stage0_overlay
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--stage0", type=Path, required=True, help="the stage-0 model directory stages 1 and 2 started from")
+    parser.add_argument("--stage0", type=Path, required=True,
+                        help="the stage-0 model directory stages 1 and 2 started from")
     parser.add_argument("--trained", type=Path, required=True, help="the stage-3 model directory trained from it")
     parser.add_argument("--out", type=Path, required=True, help="the overlay file to write (.safetensors)")
     args = parser.parse_args()

@@ -42,3 +42,20 @@ def tokenizer_dir(tmp_path_factory):
     build_nano_tokenizers(TokenizerTraining(t5_vocab_size=300, qformer_vocab_size=300, corpus_scenes=40),
                           SyntheticConfig()).save(directory)
     return directory
+
+
+@pytest.fixture()
+def make_harness():
+    """make_harness(runtime=None, **node_parameters) -> a running ros_harness.Harness (lion_node
+    over real DDS), closed afterwards. For the ROS tests only: it imports rclpy."""
+    from ros_harness import Harness
+
+    made = []
+
+    def make(runtime=None, **params):
+        made.append(Harness(runtime, **params))
+        return made[-1]
+
+    yield make
+    for h in made:
+        h.close()

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import cv2
 import pytest
+from tiny_lion import rgb_image
 
 from lion_ros.boxes import DEFAULT_CODEC
 from lion_ros.cli import ask
-from tiny_lion import rgb_image
 
 
 @pytest.fixture(scope="module")

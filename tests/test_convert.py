@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
+from tiny_lion import tiny_config, tiny_model, tiny_tokenizers
 from transformers import T5Config, T5ForConditionalGeneration
 
 from lion_ros.cli import convert as convert_cli
@@ -21,7 +22,6 @@ from lion_ros.model.config import PRESETS
 from lion_ros.model.convert import ConversionError, ConvertConfig, convert, load_torch_weights
 from lion_ros.runtime.pytorch import PyTorchRuntime
 from lion_ros.tokenization import QFORMER_BOS, LionTokenizers
-from tiny_lion import tiny_config, tiny_model, tiny_tokenizers
 
 FP16, BF16, FP32 = torch.float16, torch.bfloat16, torch.float32
 # The official model's dtypes after its CUDA load, over our names, first match wins. Written from

@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import logging
 import types
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any
 
 import pytest
 import torch
@@ -31,8 +32,8 @@ from lion_ros.runtime.tensorrt import _Engine, _GraphedDecoderStep, _TorchMemory
 INPUTS = ["token_ids", "position", "self_k", "self_v", "cache_rows", "cross_k", "cross_v", "encoder_mask",
           "task_index"]
 OUTPUTS = ["logits", "present_k", "present_v"]
-DTYPES = {**{name: "int64" for name in INPUTS}, **{name: "float32" for name in
-                                                   ["self_k", "self_v", "cross_k", "cross_v", *OUTPUTS]}}
+DTYPES = {**dict.fromkeys(INPUTS, "int64"),
+          **dict.fromkeys(["self_k", "self_v", "cross_k", "cross_v", *OUTPUTS], "float32")}
 MAX_ROWS = 4  # the stand-in engine's profile limit
 STREAM = 7  # any handle: nothing runs on it here
 
@@ -70,7 +71,7 @@ class FakeCapture:
 
     def __init__(self, fail: bool = False) -> None:
         self.fail, self.capturing = fail, False
-        self.recorded: Optional[Callable[[], None]] = None
+        self.recorded: Callable[[], None] | None = None
         self.captures = self.replays = 0
 
     def capture(self, enqueue: Callable[[int], bool]) -> Callable[[], None]:
@@ -167,7 +168,7 @@ def encoder_outputs(seed: int, rows: int = 2, length: int = 5) -> dict[str, torc
     }
 
 
-def answer(step: Callable[[dict[str, Any]], Optional[dict[str, Any]]], seed: int, rows: int = 2, length: int = 5,
+def answer(step: Callable[[dict[str, Any]], dict[str, Any] | None], seed: int, rows: int = 2, length: int = 5,
            steps: int = 6) -> list[torch.Tensor]:
     """The logits of `steps` decoder steps, fed back as `EngineDecoderStep` does, beams reordered."""
     fixed = encoder_outputs(seed, rows, length)

@@ -55,7 +55,8 @@ def test_coco_captions_per_caption_and_per_image(tmp_path):
     assert s.image_size == (640, 360)
     per_image = read_coco_captions(path, per_image=True, split="karpathy_test")
     assert len(per_image) == 2 and per_image[0].split == "karpathy_test"
-    assert len(per_image[0].answers) == 2 and per_image[1].answers == ["A woman wearing a net on her head cutting a cake."]
+    assert len(per_image[0].answers) == 2
+    assert per_image[1].answers == ["A woman wearing a net on her head cutting a cake."]
 
 
 def test_coco_captions_errors(tmp_path):
@@ -145,7 +146,8 @@ def test_okvqa_uses_vqa_layout(tmp_path):
 
 AOKVQA = [
     {"split": "val", "image_id": 461751, "question_id": "22jbM6gDxdaMaunuzgrsBB",
-     "question": "What is in the motorcyclist's mouth?", "choices": ["toothpick", "food", "popsicle stick", "cigarette"],
+     "question": "What is in the motorcyclist's mouth?",
+     "choices": ["toothpick", "food", "popsicle stick", "cigarette"],
      "correct_choice_idx": 3,
      "direct_answers": ["cigarette"] * 9 + ["smoke"],
      "difficult_direct_answer": False, "rationales": ["He's smoking while riding."]},

@@ -354,7 +354,9 @@ def test_failed_in_place_rebuild_leaves_the_old_engines_as_they_were(
     assert rebuilt.tensorrt["version"] == "10.7.0"
 
 
-@pytest.mark.parametrize(("version", "ok"), [("10.0.1.6", False), ("10.1.0", True), ("10.3.0.26", True), ("9.2", False)])
+@pytest.mark.parametrize(
+    ("version", "ok"), [("10.0.1.6", False), ("10.1.0", True), ("10.3.0.26", True), ("9.2", False)]
+)
 def test_tensorrt_version_gate(version: str, ok: bool, monkeypatch: pytest.MonkeyPatch) -> None:
     """set_device_memory(memory, size) and device_memory_size_v2, which the runtime uses, exist from 10.1."""
     monkeypatch.setitem(sys.modules, "tensorrt", types.SimpleNamespace(__version__=version))

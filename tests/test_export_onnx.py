@@ -78,7 +78,7 @@ def check_parity(model: LionModel, graphs: dict[str, ort.InferenceSession], atol
     attention_mask[0, 5:], input_ids[0, 5:] = 0, language.pad_token_id  # right padding
     input_ids[2, 3] = language.soft_prompt_token_id
     task = torch.tensor([0, 1, 1])
-    tol = dict(atol=atol, rtol=rtol)
+    tol = {"atol": atol, "rtol": rtol}
 
     with torch.no_grad():
         features = model.encode_image(pixels.to(model.vision_model.embeddings.patch_embedding.weight.dtype))

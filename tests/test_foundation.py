@@ -1,6 +1,7 @@
 """The foundation is real: generated interfaces, DDS round trips, colcon build, pip install."""
 from __future__ import annotations
 
+import itertools
 import os
 import shutil
 import signal
@@ -17,12 +18,12 @@ REPO = Path(__file__).resolve().parents[1]
 rclpy = pytest.importorskip("rclpy", reason="rclpy comes from scripts/bootstrap.sh (make test)")
 pytestmark = pytest.mark.ros
 
-from rclpy.action import ActionClient  # noqa: E402
-from rclpy.executors import SingleThreadedExecutor  # noqa: E402
+from rclpy.action import ActionClient
+from rclpy.executors import SingleThreadedExecutor
 
-from lion_ros.action import Ask as AskAction  # noqa: E402
-from lion_ros.msg import ErrorCode, Position3D, SceneAnswer, StandingQuery, Timings  # noqa: E402
-from lion_ros.srv import Ask, SetStandingQueries  # noqa: E402
+from lion_ros.action import Ask as AskAction
+from lion_ros.msg import ErrorCode, Position3D, SceneAnswer, StandingQuery, Timings
+from lion_ros.srv import Ask, SetStandingQueries
 
 # A real server in a second process: answers Ask with a fixed detection, streams three
 # feedback messages for the action. The client side below checks every field arrives intact.
@@ -118,7 +119,7 @@ def spin_until(executor, future, timeout_s: float = 20.0):
     deadline = time.monotonic() + timeout_s
     while not future.done() and time.monotonic() < deadline:
         executor.spin_once(timeout_sec=0.1)
-    assert future.done(), "no answer over DDS within %.0f s" % timeout_s
+    assert future.done(), f"no answer over DDS within {timeout_s:.0f} s"
     return future.result()
 
 
@@ -190,7 +191,7 @@ def test_ask_action_streams_feedback_between_processes(server_process, client_no
     check_result(wrapped.result)
     # Feedback grows token by token and ends with the full answer.
     assert feedback[-1] == wrapped.result.answer
-    assert all(b.startswith(a) for a, b in zip(feedback, feedback[1:]))
+    assert all(b.startswith(a) for a, b in itertools.pairwise(feedback))
 
 
 @pytest.mark.slow
@@ -211,7 +212,8 @@ def test_colcon_builds_the_package_from_a_clean_tree(tmp_path):
          "--cmake-args", f"-DPython3_EXECUTABLE={sys.executable}", "-DBUILD_TESTING=OFF"],
         cwd=tmp_path / "ws", env=env, capture_output=True, text=True, timeout=600)
     assert build.returncode == 0, build.stdout[-3000:] + build.stderr[-3000:]
-    site = tmp_path / "ws" / "install" / "lib" / f"python{sys.version_info.major}.{sys.version_info.minor}" / "site-packages" / "lion_ros"
+    python_lib = f"python{sys.version_info.major}.{sys.version_info.minor}"
+    site = tmp_path / "ws" / "install" / "lib" / python_lib / "site-packages" / "lion_ros"
     assert (site / "srv" / "_ask.py").is_file()  # generated interfaces
     assert (site / "api.py").is_file()  # our library, installed beside them
     assert "extend_path" in (site / "__init__.py").read_text()  # ours replaced the generated one

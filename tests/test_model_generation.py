@@ -40,12 +40,12 @@ def batch(model: LionModel) -> dict:
     input_ids[0, 4:] = config.language.pad_token_id
     with torch.no_grad():
         features = model.encode_image(torch.randn(3, 3, size, size, generator=generator))
-    return dict(
-        image_features=features,
-        input_ids=input_ids,
-        attention_mask=attention_mask,
-        qformer_input_ids=torch.randint(1, config.qformer.vocab_size, (3, 5), generator=generator),
-    )
+    return {
+        "image_features": features,
+        "input_ids": input_ids,
+        "attention_mask": attention_mask,
+        "qformer_input_ids": torch.randint(1, config.qformer.vocab_size, (3, 5), generator=generator),
+    }
 
 
 def _encode(model: LionModel, batch: dict, task_index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -62,12 +62,12 @@ def _generate(model: LionModel, batch: dict, task_index: torch.Tensor, **setting
 def _sample(batch: dict, b: int, prompt_length: int | None = None) -> dict:
     """Sample b of the batch on its own, its prompt cut to prompt_length."""
     features = batch["image_features"]
-    return dict(
-        image_features=ImageFeatures(features.qformer_input[b : b + 1], features.aggregator_tokens[b : b + 1]),
-        input_ids=batch["input_ids"][b : b + 1, :prompt_length],
-        attention_mask=batch["attention_mask"][b : b + 1, :prompt_length],
-        qformer_input_ids=batch["qformer_input_ids"][b : b + 1],
-    )
+    return {
+        "image_features": ImageFeatures(features.qformer_input[b : b + 1], features.aggregator_tokens[b : b + 1]),
+        "input_ids": batch["input_ids"][b : b + 1, :prompt_length],
+        "attention_mask": batch["attention_mask"][b : b + 1, :prompt_length],
+        "qformer_input_ids": batch["qformer_input_ids"][b : b + 1],
+    }
 
 
 def test_greedy_equals_full_recompute_loop(model: LionModel, batch: dict) -> None:
@@ -97,8 +97,10 @@ def test_greedy_equals_full_recompute_loop(model: LionModel, batch: dict) -> Non
 
 
 @pytest.mark.parametrize("num_beams, length_penalty", [(1, 1.0), (3, 1.0), (4, 0.5)])
-def test_search_matches_transformers_generate(model: LionModel, batch: dict, num_beams: int, length_penalty: float) -> None:
-    settings = dict(num_beams=num_beams, repetition_penalty=1.5, length_penalty=length_penalty)
+def test_search_matches_transformers_generate(
+    model: LionModel, batch: dict, num_beams: int, length_penalty: float
+) -> None:
+    settings = {"num_beams": num_beams, "repetition_penalty": 1.5, "length_penalty": length_penalty}
     ours = _generate(model, batch, TASKS, **settings)
     encoder_hidden_states, encoder_mask = _encode(model, batch, TASKS)
     # transformers repeats every sample num_beams times, so the task index is repeated the same way.
@@ -146,9 +148,13 @@ def test_static_cache_size_does_not_change_tokens(model: LionModel, batch: dict)
 def test_batch_with_mixed_tasks_equals_each_sample_alone(model: LionModel, batch: dict, num_beams: int) -> None:
     together = _generate(model, batch, TASKS, num_beams=num_beams)
     for b in range(3):
-        alone = _generate(model, _sample(batch, b, int(batch["attention_mask"][b].sum())), TASKS[b], num_beams=num_beams)
+        alone = _generate(
+            model, _sample(batch, b, int(batch["attention_mask"][b].sum())), TASKS[b], num_beams=num_beams
+        )
         assert alone.tokens(0) == together.tokens(b)
-        assert torch.allclose(alone.token_probs[0, : alone.lengths[0]], together.token_probs[b, : together.lengths[b]], atol=1e-5)
+        assert torch.allclose(
+            alone.token_probs[0, : alone.lengths[0]], together.token_probs[b, : together.lengths[b]], atol=1e-5
+        )
     # The router really is per sample: other tasks give other answers.
     assert _generate(model, batch, 1 - TASKS, num_beams=num_beams).sequences.tolist() != together.sequences.tolist()
 

@@ -43,14 +43,14 @@ def inputs(config: LionConfig, seed: int = 1) -> dict:
     qformer_input_ids = torch.randint(1, config.qformer.vocab_size, (BATCH, 5), generator=generator)
     qformer_attention_mask = torch.ones_like(qformer_input_ids)
     qformer_attention_mask[2, 3:] = 0
-    return dict(
-        pixel_values=torch.randn(BATCH, 3, size, size, generator=generator),
-        qformer_input_ids=qformer_input_ids,
-        qformer_attention_mask=qformer_attention_mask,
-        input_ids=input_ids,
-        attention_mask=attention_mask,
-        labels=torch.randint(2, config.language.vocab_size, (BATCH, 4), generator=generator),
-    )
+    return {
+        "pixel_values": torch.randn(BATCH, 3, size, size, generator=generator),
+        "qformer_input_ids": qformer_input_ids,
+        "qformer_attention_mask": qformer_attention_mask,
+        "input_ids": input_ids,
+        "attention_mask": attention_mask,
+        "labels": torch.randint(2, config.language.vocab_size, (BATCH, 4), generator=generator),
+    }
 
 
 def test_qformer_mode_matches_transformers_instructblip() -> None:
@@ -148,7 +148,8 @@ def test_single_adapter_modes_have_no_gates(mode: str) -> None:
 
 def test_adapter_reads_pre_layernorm_residual_in_every_t5_ffn() -> None:
     model = tiny_model()
-    ffns = [block.layer[-1] for stack in (model.language_model.encoder, model.language_model.decoder) for block in stack.block]
+    stacks = (model.language_model.encoder, model.language_model.decoder)
+    ffns = [block.layer[-1] for stack in stacks for block in stack.block]
     assert len(ffns) == model.config.language.num_layers + model.config.language.num_decoder_layers
     ffn = ffns[-1]
     h = torch.randn(2, 3, model.config.language.d_model)
@@ -223,7 +224,8 @@ def test_one_frame_serves_a_batch_of_questions() -> None:
     batch = inputs(model.config)
     with torch.no_grad():
         one_frame = model.encode_image(batch["pixel_values"][:1])
-        shared = model(task_index=1, image_features=one_frame, **{k: v for k, v in batch.items() if k != "pixel_values"})
+        text_inputs = {k: v for k, v in batch.items() if k != "pixel_values"}
+        shared = model(task_index=1, image_features=one_frame, **text_inputs)
         repeated = batch["pixel_values"][:1].expand(BATCH, -1, -1, -1)
         separate = model(task_index=1, **{**batch, "pixel_values": repeated})
     assert torch.allclose(shared.logits, separate.logits, atol=1e-5)

@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import threading
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from tiny_lion import rgb_image, save_model_dir, tiny_model, tiny_tokenizers
 
 from lion_ros.api import TaskKind
 from lion_ros.boxes import DEFAULT_CODEC
@@ -15,7 +17,6 @@ from lion_ros.model import CheckpointMismatchError, LionConfig
 from lion_ros.runtime import GenerationSettings, LionRuntime, RequestCancelled
 from lion_ros.runtime.pipeline import RuntimeConfig, TokenizerMismatchError, referring_expression
 from lion_ros.runtime.pytorch import PyTorchRuntime
-from tiny_lion import rgb_image, save_model_dir, tiny_model, tiny_tokenizers
 
 GREEDY = GenerationSettings(num_beams=1, max_new_tokens=12)
 REC = "In the image <image>, can you locate the cup left of the bowl and let me know its coordinates?"
@@ -59,10 +60,11 @@ def test_streamed_partials_grow_and_end_with_the_answer(runtime: PyTorchRuntime)
     counts = [n for _, n in partials]
     assert counts == sorted(counts) and counts[0] == 1
     texts = [text for text, _ in partials]
-    assert all(len(a) <= len(b) for a, b in zip(texts, texts[1:]))
+    assert all(len(a) <= len(b) for a, b in itertools.pairwise(texts))
     beam: list[tuple[str, int]] = []
     answer = runtime.answer(
-        encoded, "What is on the table?", settings=dataclasses.replace(GREEDY, num_beams=2), on_partial=lambda *p: beam.append(p)
+        encoded, "What is on the table?", settings=dataclasses.replace(GREEDY, num_beams=2),
+        on_partial=lambda *p: beam.append(p),
     )
     assert [text for text, _ in beam] == [answer.text]  # beam search: the final answer once
 
@@ -136,7 +138,9 @@ def test_box_scores_are_the_mean_probability_of_the_box_tokens(runtime: PyTorchR
     outputs = []
     original = runtime._generate
     monkeypatch.setattr(runtime, "_generate", lambda *a: outputs.append(original(*a)) or outputs[-1])
-    answer = runtime.answer(encoded, "where is the red cup?", settings=GenerationSettings(num_beams=1, max_new_tokens=40))
+    answer = runtime.answer(
+        encoded, "where is the red cup?", settings=GenerationSettings(num_beams=1, max_new_tokens=40)
+    )
     tokens, probs = outputs[0].tokens(0), outputs[0].token_probs[0]
     pieces = [runtime.tokenizers.t5.decode([t]) for t in tokens]
     # nano tokens: one character each inside the bracket; the box tokens sit between "[" and "]".
@@ -150,7 +154,8 @@ def test_constraint_applies_to_rec_questions_only(runtime: PyTorchRuntime) -> No
     assert runtime.wants_box_answer("where is the red cup?", TaskKind.REGION)
     assert not runtime.wants_box_answer("where is the red cup?", TaskKind.IMAGE)
     for free_text in (
-        "Can you provide a description of the image <image> and include the coordinates [x0,y0,x1,y1] for each mentioned object?",
+        "Can you provide a description of the image <image> and include the coordinates [x0,y0,x1,y1] "
+        "for each mentioned object?",
         "For the given image <image>, can you provide a unique description of the area [0.100,0.200,0.300,0.400]?",
         "What is in the region [0.1,0.2,0.3,0.4]?",
     ):
@@ -273,7 +278,9 @@ class _NumpyStep:
     def __init__(self, step) -> None:
         self.step, self.language, self.device = step, step.language, torch.device("cpu")
 
-    def new_cache(self, encoder_hidden_states: np.ndarray, encoder_mask: np.ndarray, max_new_tokens: int, num_beams: int):
+    def new_cache(
+        self, encoder_hidden_states: np.ndarray, encoder_mask: np.ndarray, max_new_tokens: int, num_beams: int
+    ):
         cache = self.step.new_cache(
             torch.from_numpy(encoder_hidden_states), torch.from_numpy(encoder_mask), max_new_tokens, num_beams
         )

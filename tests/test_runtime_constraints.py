@@ -7,12 +7,12 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from tiny_lion import tiny_tokenizers
 from transformers import T5Tokenizer
 
 from lion_ros.boxes import DEFAULT_CODEC
 from lion_ros.runtime.constraints import BoxAutomaton, BoxConstraint, BoxGrammar
 from lion_ros.tokenization import LionTokenizers
-from tiny_lion import tiny_tokenizers
 
 EOS = 1
 
@@ -27,7 +27,8 @@ def sentencepiece() -> T5Tokenizer:
     """A T5-style SentencePiece vocabulary with multi-character pieces, as the real one has."""
     pieces = ["▁Answer", "▁An", "swer", ":", "▁[", "[", "]", ",", ";", ".", "0.", "1.", "44", "000", "▁0", "▁a", "▁cup"]
     pieces += list("0123456789") + list("Answer")
-    vocab = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("▁", -2.0)] + [(p, -3.0 - 0.01 * i) for i, p in enumerate(pieces)]
+    vocab = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("▁", -2.0)]
+    vocab += [(p, -3.0 - 0.01 * i) for i, p in enumerate(pieces)]
     vocab += [(f"<extra_id_{i}>", 0.0) for i in range(99, -1, -1)]
     return T5Tokenizer(vocab=vocab)
 
@@ -38,7 +39,7 @@ def _decode_with(automaton: BoxAutomaton, max_new_tokens: int, seed: int, beams_
     generator = torch.Generator().manual_seed(seed)
     rows = [[] for _ in range(beams_like_rows)]
     for _ in range(max_new_tokens):
-        history = torch.tensor([row if not row or row[-1] != EOS else row for row in rows])
+        history = torch.tensor(rows)  # finished rows included: they go on repeating EOS, as in a search
         scores = constraint(history, torch.randn(len(rows), automaton.vocab_size, generator=generator) * 5)
         for row, token in zip(rows, scores.argmax(-1).tolist()):
             row.append(EOS if row and row[-1] == EOS else token)  # finished rows repeat EOS
@@ -84,7 +85,7 @@ def test_sentencepiece_pieces_are_simulated_character_by_character(sentencepiece
 
 
 def test_second_corner_must_exceed_the_first() -> None:
-    texts = [None, None] + list("0123456789") + ["Answer", ":", " ", "[", "]", ",", ";", ".", "A", "n", "s", "w", "e", "r"]
+    texts = [None, None, *"0123456789", "Answer", ":", " ", "[", "]", ",", ";", ".", "A", "n", "s", "w", "e", "r"]
     automaton = BoxAutomaton(texts, EOS, BoxGrammar(max_boxes=1))
     state = automaton.start
     for char in "Answer:[0.999,0.500,":

@@ -66,7 +66,7 @@ def test_answers_boxes_and_streaming_identical(runtimes) -> None:
             partials: list[tuple[str, int]] = []
             answer = runtime.answer(runtime.encode_image(rgb), question, task=task,
                                     settings=GenerationSettings(num_beams=1, max_new_tokens=16),
-                                    on_partial=lambda text, n: partials.append((text, n)))
+                                    on_partial=lambda text, n, partials=partials: partials.append((text, n)))
             results.append((answer.text, answer.task, answer.boxes, partials, answer.timings.tokens_generated))
         assert results[0] == results[1]
 

@@ -17,11 +17,12 @@ from lion_ros.tokenization import LionTokenizers, TokenizerConfig, train_nano_to
 
 T5_VOCAB = 600
 QFORMER_VOCAB = 400
-WORDS = (
-    "man woman dog cat cup bowl table chair red blue green small large old young wooden "
-    "kitchen street car bus kite tree grass sky window door robot arm box shelf bottle person "
-    "holding sitting standing walking running near behind under left right white black"
-).split()
+WORDS = [
+    "man", "woman", "dog", "cat", "cup", "bowl", "table", "chair", "red", "blue", "green", "small", "large", "old",
+    "young", "wooden", "kitchen", "street", "car", "bus", "kite", "tree", "grass", "sky", "window", "door", "robot",
+    "arm", "box", "shelf", "bottle", "person", "holding", "sitting", "standing", "walking", "running", "near",
+    "behind", "under", "left", "right", "white", "black",
+]
 
 
 def _corpus(n: int = 300) -> list[str]:
@@ -150,7 +151,7 @@ def test_save_load_round_trip(toks: LionTokenizers, saved: Path) -> None:
     loaded = LionTokenizers.load(saved)
     assert isinstance(loaded.t5, PreTrainedTokenizerFast)
     assert isinstance(loaded.qformer, PreTrainedTokenizerFast)
-    texts = _corpus(5) + ["Answer: [0.1,0.2,0.3,0.4]", "ünïcode €"]
+    texts = [*_corpus(5), "Answer: [0.1,0.2,0.3,0.4]", "ünïcode €"]
     for text in texts:
         assert loaded.t5(text).input_ids == toks.t5(text).input_ids
         assert loaded.qformer(text).input_ids == toks.qformer(text).input_ids
@@ -196,7 +197,7 @@ def test_loads_hub_style_flant5_and_bert_directories(tmp_path: Path) -> None:
     # and a tokenizer_config.json without a class, and no [DEC] (LION adds it).
     pieces = [("▁a", -3.0), ("▁cup", -4.0), ("▁is", -4.0)]
     pieces += [(c, -5.0) for c in "0123456789[],.:"]
-    vocab = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("▁", -2.0)] + pieces
+    vocab = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("▁", -2.0), *pieces]
     vocab += [(f"<extra_id_{i}>", 0.0) for i in range(99, -1, -1)]
     T5Tokenizer(vocab=vocab).save_pretrained(tmp_path / "tokenizer")
     assert json.loads((tmp_path / "tokenizer" / "tokenizer_config.json").read_text())[

@@ -20,7 +20,7 @@ from lion_ros.api import TaskKind
 from lion_ros.model import LionConfig, LionModel, parameter_group
 from lion_ros.tokenization import LionTokenizers
 from lion_ros.train import TRAINABLE_GROUPS, TrainConfig, apply_freeze_policy, handover, train
-from lion_ros.train.config import OptimSection
+from lion_ros.train.config import OptimSection, TokenizerTraining
 from lion_ros.train.stages import STAGE0_OVERLAY_GROUPS, load_matching, stage0_overlay
 from lion_ros.train.trainer import LRSchedule
 
@@ -103,6 +103,16 @@ def test_overrides_read_exponent_numbers_as_numbers(tmp_path: Path) -> None:
     assert TrainConfig.load(path).optim.lr == 5e-4
     with pytest.raises(ValueError, match="OptimSection.lr must be a number, got 'fast'"):
         TrainConfig.load(path, ["optim.lr=fast"])
+
+
+def test_an_optional_section_is_built_as_its_dataclass() -> None:
+    # `model.train_tokenizer` is annotated "TokenizerTraining | None": the reader must see the
+    # section through the "| None" (the shipped nano-stage0.yaml sets it).
+    config = TrainConfig.from_dict({"model": {"train_tokenizer": {"t5_vocab_size": 300}}})
+    assert config.model.train_tokenizer == TokenizerTraining(t5_vocab_size=300)
+    assert TrainConfig.from_dict({}).model.train_tokenizer is None
+    with pytest.raises(ValueError, match="unknown TokenizerTraining keys"):
+        TrainConfig.from_dict({"model": {"train_tokenizer": {"vocab_size": 300}}})
 
 
 def test_a_config_extends_its_base_section_by_section(tmp_path: Path) -> None:
@@ -203,11 +213,13 @@ def stage0_dir(tokenizer_dir: Path, tmp_path_factory: pytest.TempPathFactory) ->
 @pytest.mark.parametrize("stage", ["stage1", "stage2"])
 def test_stage_trains_exactly_its_parameter_groups(stage: str, tokenizer_dir: Path, stage0_dir: Path,
                                                    tmp_path: Path) -> None:
-    before = LionModel(dataclasses.replace(LionConfig.load(stage0_dir / "config.json"), visual_input=STAGE_MODES[stage]))
+    before = LionModel(
+        dataclasses.replace(LionConfig.load(stage0_dir / "config.json"), visual_input=STAGE_MODES[stage])
+    )
     load_matching(before, stage0_dir, skip_groups=["adapters", "router"])
     initial = tensors(before)
-    result = train(tiny_config(tokenizer_dir, tmp_path, stage=stage, optim={"steps": 3},
-                               init={"kind": "pretrained", "path": str(stage0_dir), "skip_groups": ["adapters", "router"]}))
+    init = {"kind": "pretrained", "path": str(stage0_dir), "skip_groups": ["adapters", "router"]}
+    result = train(tiny_config(tokenizer_dir, tmp_path, stage=stage, optim={"steps": 3}, init=init))
     assert result.model.config.visual_input == STAGE_MODES[stage]
     changed: set[str] = set()
     for name, tensor in tensors(result.model).items():
@@ -295,7 +307,7 @@ def _mixtures(model: LionModel) -> list[tuple[str, torch.nn.Module]]:
 
 
 def test_handover_rejects_different_frozen_weights(tmp_path: Path) -> None:
-    image, region, image_dir, region_dir = _stage_models(tmp_path)
+    _image, region, image_dir, region_dir = _stage_models(tmp_path)
     with torch.no_grad():
         region.language_model.shared.weight.add_(1.0)
     region.save_pretrained(region_dir)

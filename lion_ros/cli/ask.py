@@ -15,15 +15,15 @@ import dataclasses
 import json
 import math
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional, Sequence
 
 import cv2
 import numpy as np
 
 from lion_ros.api import Answer, TaskKind, model_generation_defaults
-from lion_ros.serving.parameters import SHIPPED_MODEL
 from lion_ros.runtime.base import GenerationSettings
+from lion_ros.serving.parameters import SHIPPED_MODEL
 
 TASKS = {"auto": None, "image": TaskKind.IMAGE, "region": TaskKind.REGION}
 DEFAULTS = GenerationSettings()
@@ -57,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         answer, rgb = _ask(args)
@@ -92,7 +92,9 @@ def _ask(args: argparse.Namespace) -> tuple[Answer, np.ndarray]:
     )
     settings = generation_settings(args)
     tags = [tag.strip() for tag in args.tags.split(",") if tag.strip()]
-    answer = runtime.answer(runtime.encode_image(rgb), args.question, tags=tags, task=TASKS[args.task], settings=settings)
+    answer = runtime.answer(
+        runtime.encode_image(rgb), args.question, tags=tags, task=TASKS[args.task], settings=settings
+    )
     return answer, rgb
 
 
@@ -119,7 +121,8 @@ def format_answer(answer: Answer) -> str:
     lines = [f"answer: {answer.text}", f"task: {answer.task.name.lower()}"]
     for box in answer.boxes:
         lines.append(
-            f"box: {box.phrase or '-'} [{box.x1:.1f}, {box.y1:.1f}, {box.x2:.1f}, {box.y2:.1f}] px, score {box.score:.2f}"
+            f"box: {box.phrase or '-'} [{box.x1:.1f}, {box.y1:.1f}, {box.x2:.1f}, {box.y2:.1f}] px, "
+            f"score {box.score:.2f}"
         )
     lines.append(
         f"timings: encode {t.image_encode_ms:.0f} ms, prefill {t.prefill_ms:.0f} ms, decode {t.decode_ms:.0f} ms, "

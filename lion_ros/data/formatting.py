@@ -2,7 +2,7 @@
 reads model output agree on one format (`[x1,y1,x2,y2]`, 3 decimals, `Answer: ` prefix)."""
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 from lion_ros import boxes
 from lion_ros.boxes import DEFAULT_CODEC

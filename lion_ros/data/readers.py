@@ -13,7 +13,8 @@ import os
 import pickle
 import re
 from collections import Counter
-from typing import Any, Iterable, Iterator, Optional
+from collections.abc import Iterable, Iterator
+from typing import Any
 
 from lion_ros import prompts
 from lion_ros.answers import parse_count, parse_verdict
@@ -83,7 +84,7 @@ def _most_common(answers: Iterable[str]) -> str:
     return next(a for a in counts if counts[a] == best)
 
 
-def _vqa_question(question: str, sid: str, variety_seed: Optional[int]) -> str:
+def _vqa_question(question: str, sid: str, variety_seed: int | None) -> str:
     return prompts.vqa_prompt(question, templates.choice_for(sid, variety_seed))
 
 
@@ -91,8 +92,8 @@ def _vqa_question(question: str, sid: str, variety_seed: Optional[int]) -> str:
 # Captioning
 # ---------------------------------------------------------------------------------------
 
-def read_coco_captions(path: str, image_root: str = "", split: Optional[str] = None, per_image: bool = False,
-                       variety_seed: Optional[int] = None) -> ListDataset:
+def read_coco_captions(path: str, image_root: str = "", split: str | None = None, per_image: bool = False,
+                       variety_seed: int | None = None) -> ListDataset:
     """COCO `captions_<split>.json`: one sample per caption, or per image with every caption
     in `answers` (the evaluation form, `per_image=True`; the target is the first caption)."""
     data = _load_json(path, "COCO captions file")
@@ -136,9 +137,9 @@ def _split_from_name(path: str, prefix: str) -> str:
 # VQA family
 # ---------------------------------------------------------------------------------------
 
-def read_vqav2(questions_path: str, annotations_path: Optional[str] = None, image_root: str = "",
-               split: Optional[str] = None, source: str = "vqav2",
-               variety_seed: Optional[int] = None) -> ListDataset:
+def read_vqav2(questions_path: str, annotations_path: str | None = None, image_root: str = "",
+               split: str | None = None, source: str = "vqav2",
+               variety_seed: int | None = None) -> ListDataset:
     """VQAv2 `v2_OpenEnded_mscoco_<subtype>_questions.json` + `v2_mscoco_<subtype>_annotations.json`.
 
     Without annotations (test splits) the samples have empty answers. The target is the
@@ -178,15 +179,15 @@ def read_vqav2(questions_path: str, annotations_path: Optional[str] = None, imag
     return ListDataset(samples)
 
 
-def read_okvqa(questions_path: str, annotations_path: Optional[str] = None, image_root: str = "",
-               split: Optional[str] = None, variety_seed: Optional[int] = None) -> ListDataset:
+def read_okvqa(questions_path: str, annotations_path: str | None = None, image_root: str = "",
+               split: str | None = None, variety_seed: int | None = None) -> ListDataset:
     """OK-VQA `OpenEnded_mscoco_<subtype>_questions.json` + `mscoco_<subtype>_annotations.json`
     (the VQAv2 layout; 5 answers each given twice)."""
     return read_vqav2(questions_path, annotations_path, image_root, split, "okvqa", variety_seed)
 
 
-def read_aokvqa(path: str, image_root: str = "", split: Optional[str] = None,
-                variety_seed: Optional[int] = None) -> ListDataset:
+def read_aokvqa(path: str, image_root: str = "", split: str | None = None,
+                variety_seed: int | None = None) -> ListDataset:
     """A-OKVQA `aokvqa_v1p0_<split>.json`: a list of questions with `choices`,
     `correct_choice_idx` and 10 `direct_answers` (absent in the test split).
 
@@ -213,7 +214,7 @@ def read_aokvqa(path: str, image_root: str = "", split: Optional[str] = None,
     return ListDataset(samples)
 
 
-def read_gqa(path: str, split: str, image_root: str = "", variety_seed: Optional[int] = None) -> ListDataset:
+def read_gqa(path: str, split: str, image_root: str = "", variety_seed: int | None = None) -> ListDataset:
     """GQA `<split>_balanced_questions.json`: a dict keyed by question id with `question`,
     `imageId` and (except in the submission split) `answer`. Images: `<image_root>/<imageId>.jpg`."""
     data = _load_json(path, "GQA questions file")
@@ -292,8 +293,8 @@ REFER_SPLITS: dict[str, tuple[str, ...]] = {
 }
 
 
-def read_refcoco(refs_path: str, instances_path: str, dataset: str = "refcoco", split: Optional[str] = None,
-                 image_root: str = "", task: str = "rec", variety_seed: Optional[int] = None) -> ListDataset:
+def read_refcoco(refs_path: str, instances_path: str, dataset: str = "refcoco", split: str | None = None,
+                 image_root: str = "", task: str = "rec", variety_seed: int | None = None) -> ListDataset:
     """RefCOCO / RefCOCO+ / RefCOCOg from the `refer` release: `refs(unc).p` / `refs(umd).p`
     (a pickled list of refs) plus that folder's COCO-style `instances.json`.
 
@@ -351,7 +352,7 @@ def read_refcoco(refs_path: str, instances_path: str, dataset: str = "refcoco", 
 
 
 def read_visual_genome(region_path: str, image_data_path: str, image_root: str = "", split: str = "train",
-                       task: str = "reg", variety_seed: Optional[int] = None) -> ListDataset:
+                       task: str = "reg", variety_seed: int | None = None) -> ListDataset:
     """Visual Genome `region_descriptions.json` (list of images, each with `regions` holding
     pixel `x`, `y`, `width`, `height` and `phrase`) plus `image_data.json` for image sizes.
 
@@ -423,8 +424,8 @@ def plural(noun: str) -> str:
     return f"{head} {last}" if head else last
 
 
-def read_coco_instances(path: str, image_root: str = "", split: Optional[str] = None,
-                        variety_seed: Optional[int] = None) -> ListDataset:
+def read_coco_instances(path: str, image_root: str = "", split: str | None = None,
+                        variety_seed: int | None = None) -> ListDataset:
     """COCO `instances_<split>.json` (what CVAT, Label Studio and most labelling tools export) as
     grounding and counting samples, per image:
 
@@ -465,8 +466,8 @@ def read_coco_instances(path: str, image_root: str = "", split: Optional[str] = 
     for image_id, objs in objects.items():
         file_name, width, height = images[image_id]
         present = sorted({name for name, _ in objs})
-        common = dict(source="coco_instances", split=split, image_path=os.path.join(image_root, file_name),
-                      image_size=(int(width), int(height)), tags=present)
+        common = {"source": "coco_instances", "split": split, "image_path": os.path.join(image_root, file_name),
+                  "image_size": (int(width), int(height)), "tags": present}
         prefix = f"coco_instances/{image_id}"
         for name in present:
             boxes = sorted((box for n, box in objs if n == name), key=lambda b: (b[0] + b[2], b[1]))
@@ -601,7 +602,20 @@ def _image_size(rec: dict, image_path: str, path: str, line_no: int) -> tuple[fl
 
 
 __all__ = [
-    "DatasetFormatError", "RestrictedUnpickler", "safe_load_pickle", "REFER_SPLITS", "read_coco_captions",
-    "read_vqav2", "read_okvqa", "read_aokvqa", "read_gqa", "read_vsr", "read_refcoco", "read_visual_genome",
-    "read_coco_instances", "read_instructions", "question_kind", "plural",
+    "REFER_SPLITS",
+    "DatasetFormatError",
+    "RestrictedUnpickler",
+    "plural",
+    "question_kind",
+    "read_aokvqa",
+    "read_coco_captions",
+    "read_coco_instances",
+    "read_gqa",
+    "read_instructions",
+    "read_okvqa",
+    "read_refcoco",
+    "read_visual_genome",
+    "read_vqav2",
+    "read_vsr",
+    "safe_load_pickle",
 ]

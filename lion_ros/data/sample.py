@@ -1,8 +1,9 @@
 """One training / evaluation example and the dataset interface the trainer wraps."""
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Iterator, Optional, Protocol, Sequence, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 
@@ -36,15 +37,15 @@ class Sample:
     task_name: str
     source: str
     split: str
-    image_path: Optional[str] = None
+    image_path: str | None = None
     # In-memory RGB uint8 HxWx3 for synthetic scenes; shared between samples of one scene,
     # so treat it as read-only.
-    image: Optional[np.ndarray] = field(default=None, repr=False)
-    image_size: Optional[tuple[int, int]] = None  # (width, height) of the source image
+    image: np.ndarray | None = field(default=None, repr=False)
+    image_size: tuple[int, int] | None = None  # (width, height) of the source image
     tags: list[str] = field(default_factory=list)
     regions: list[RegionTarget] = field(default_factory=list)
-    count: Optional[int] = None
-    yes_no: Optional[bool] = None
+    count: int | None = None
+    yes_no: bool | None = None
     # Every acceptable answer: the 10 human answers for VQA-style scoring, or all reference
     # captions for captioning.
     answers: list[str] = field(default_factory=list)

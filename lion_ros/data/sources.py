@@ -5,8 +5,8 @@ same formats through one table.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Optional
 
 from lion_ros.data import readers
 from lion_ros.data.sample import ListDataset
@@ -43,7 +43,7 @@ class FileSource:
 
 
 # format -> reader call. `v` is the prompt variety seed (None: the canonical template).
-_Reader = Callable[[FileSource, Optional[int]], ListDataset]
+_Reader = Callable[[FileSource, int | None], ListDataset]
 FORMATS: dict[str, _Reader] = {
     "coco_captions": lambda s, v: readers.read_coco_captions(s.path, s.image_root, s.split or None, s.per_image,
                                                              variety_seed=v),
@@ -66,7 +66,7 @@ FORMATS: dict[str, _Reader] = {
 }
 
 
-def load_source(source: FileSource, variety_seed: Optional[int] = None) -> ListDataset:
+def load_source(source: FileSource, variety_seed: int | None = None) -> ListDataset:
     """The samples of one file (missing files: FileNotFoundError; wrong layouts:
     readers.DatasetFormatError, both naming the file)."""
     samples = FORMATS[source.format](source, variety_seed)

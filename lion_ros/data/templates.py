@@ -7,12 +7,11 @@ sample gets, plus the one template the runtime has no use for (VSR statements).
 from __future__ import annotations
 
 import hashlib
-from typing import Optional
 
 VSR = 'Based on the image, is this statement true or false? "{caption}" Answer yes or no.'
 
 
-def choice_for(key: str, variety_seed: Optional[int]) -> int:
+def choice_for(key: str, variety_seed: int | None) -> int:
     """0 (the canonical template) when `variety_seed` is None, else a stable per-key index.
 
     Hashing the key (not Python's salted `hash`) keeps the choice identical across runs and

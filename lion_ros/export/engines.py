@@ -25,7 +25,7 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from lion_ros.runtime.backends import ENGINE_BACKENDS
 
@@ -61,10 +61,10 @@ class TensorRTUnavailable(ImportError):
 
 # Names the node and the PyTorch backend use for precisions: "auto" = the backend's default (or
 # what an engine directory holds); "mixed" = the official ViT fp16 + T5 bf16, i.e. the bf16 plan.
-PRECISION_ALIASES: dict[str, Optional[str]] = {"auto": None, "mixed": "bf16"}
+PRECISION_ALIASES: dict[str, str | None] = {"auto": None, "mixed": "bf16"}
 
 
-def engine_precision(name: Optional[str]) -> Optional[str]:
+def engine_precision(name: str | None) -> str | None:
     """An export precision (a key of export.graphs.PRECISIONS) or None for "whatever is default"."""
     from .graphs import precision_plan
 
@@ -142,7 +142,7 @@ def _sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def source_fingerprint(model_dir: Path, known: Optional[dict[str, Any]] = None) -> dict[str, Any]:
+def source_fingerprint(model_dir: Path, known: dict[str, Any] | None = None) -> dict[str, Any]:
     """{"sha256": over all files, "files": {relative path: {size, mtime_ns, sha256}}}.
 
     A file whose size and mtime equal those in `known` (an earlier fingerprint) is not re-read.
@@ -179,7 +179,7 @@ class TensorRTEnvironment:
     compute_capability: str  # "8.7"
 
     @classmethod
-    def detect(cls) -> "TensorRTEnvironment":
+    def detect(cls) -> TensorRTEnvironment:
         trt = import_tensorrt()
         name, capability = cuda_device()
         return cls(version=trt.__version__, device_name=name, compute_capability=capability)
@@ -197,13 +197,13 @@ class EngineMetadata:
     graphs: dict[str, dict[str, Any]]  # export.onnx.GraphSpec.to_dict() by graph name
     profiles: dict[str, int]  # ProfileConfig fields
     decoder_weights: str = "float"  # directories exported before the option have float weights
-    tensorrt: Optional[dict[str, Any]] = None  # TensorRTEnvironment fields + "plans": {graph: file}
+    tensorrt: dict[str, Any] | None = None  # TensorRTEnvironment fields + "plans": {graph: file}
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2) + "\n"
 
     @classmethod
-    def load(cls, engine_dir: Path) -> "EngineMetadata":
+    def load(cls, engine_dir: Path) -> EngineMetadata:
         path = Path(engine_dir) / METADATA_NAME
         try:
             data = json.loads(path.read_text())
@@ -251,11 +251,11 @@ def check(
     engine_dir: Path,
     *,
     backend: str,
-    precision: Optional[str],
-    decoder_weights: Optional[str],
-    profiles: Optional[ProfileConfig],
-    source: Optional[dict[str, Any]],
-    tensorrt: Optional[TensorRTEnvironment],
+    precision: str | None,
+    decoder_weights: str | None,
+    profiles: ProfileConfig | None,
+    source: dict[str, Any] | None,
+    tensorrt: TensorRTEnvironment | None,
 ) -> tuple[list[str], list[str]]:
     """(export differences, TensorRT differences) between an engine directory and a request.
 
@@ -368,7 +368,7 @@ def _build_all(
     build: BuildConfig,
     backend: str,
     source: dict[str, Any],
-    environment: Optional[TensorRTEnvironment],
+    environment: TensorRTEnvironment | None,
 ) -> EngineMetadata:
     from lion_ros.model.lion import LionModel
 
@@ -480,7 +480,7 @@ def import_tensorrt() -> Any:
 
 def tensorrt_version(text: str) -> tuple[int, int]:
     """(major, minor) of a TensorRT version string such as "10.3.0.26"."""
-    major, minor = (text.split(".") + ["0"])[:2]
+    major, minor = [*text.split("."), "0"][:2]
     return int(major), int(minor)
 
 
@@ -608,7 +608,7 @@ def _progress_monitor(trt: Any, name: str) -> Any:
             self.steps: dict[str, int] = {}
             self.last = 0.0
 
-        def phase_start(self, phase_name: str, parent_phase: Optional[str], num_steps: int) -> None:
+        def phase_start(self, phase_name: str, parent_phase: str | None, num_steps: int) -> None:
             self.steps[phase_name] = num_steps
             if parent_phase is None:
                 log.info("%s: %s (%d steps)", name, phase_name, num_steps)

@@ -225,7 +225,7 @@ class T5EncoderGraph(_T5Layers):
     task_index [B] int64 (mode "all": the router row, 0 region, 1 image).
     """
 
-    OUTPUT_NAMES = ["encoder_hidden_states", "encoder_mask", "cross_k", "cross_v"]
+    OUTPUT_NAMES = ("encoder_hidden_states", "encoder_mask", "cross_k", "cross_v")
 
     @staticmethod
     def input_names(model: LionModel) -> list[str]:
@@ -292,7 +292,7 @@ class T5DecoderStepGraph(_T5Layers):
     axis of cross-attention, so no copy per beam is needed.
     """
 
-    OUTPUT_NAMES = ["logits", "present_k", "present_v"]
+    OUTPUT_NAMES = ("logits", "present_k", "present_v")
 
     @staticmethod
     def input_names(model: LionModel) -> list[str]:

@@ -96,7 +96,7 @@ class GraphSpec:
         }
 
     @classmethod
-    def from_dict(cls, name: str, data: dict[str, Any]) -> "GraphSpec":
+    def from_dict(cls, name: str, data: dict[str, Any]) -> GraphSpec:
         return cls(
             name=name,
             file=data["file"],
@@ -109,7 +109,7 @@ class GraphSpec:
 class _Graph:
     module: torch.nn.Module
     inputs: dict[str, torch.Tensor]  # sample inputs, in call order
-    outputs: list[str]
+    outputs: list[str]  # a list, not a tuple: torch.onnx.export concatenates it to the input names
     dynamic_axes: dict[str, dict[int, str]]
 
     def __post_init__(self) -> None:
@@ -170,7 +170,7 @@ def _sample_graphs(model: LionModel, plan: PrecisionPlan) -> dict[str, _Graph]:
     graphs["t5_encoder"] = _Graph(
         encoder,
         encoder_inputs,
-        T5EncoderGraph.OUTPUT_NAMES,
+        list(T5EncoderGraph.OUTPUT_NAMES),
         {
             "qformer_tokens": {0: "batch"},
             "aggregator_tokens": {0: "image_batch"},
@@ -202,7 +202,7 @@ def _sample_graphs(model: LionModel, plan: PrecisionPlan) -> dict[str, _Graph]:
     graphs["t5_decoder_step"] = _Graph(
         T5DecoderStepGraph(model, plan.t5.residual),
         decoder_inputs,
-        T5DecoderStepGraph.OUTPUT_NAMES,
+        list(T5DecoderStepGraph.OUTPUT_NAMES),
         {
             "token_ids": {0: "rows"},
             "self_k": {1: "rows", 3: "steps"},

@@ -9,8 +9,8 @@ Routing is per sample here: the official code routes a whole batch by its first 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 import torch
 from torch import nn

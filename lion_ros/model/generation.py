@@ -26,8 +26,9 @@ before tokens are selected: the logits in greedy search, the log-probabilities i
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F

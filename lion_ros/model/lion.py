@@ -19,9 +19,9 @@ is the per-question part (the Q-Former reads the question).
 from __future__ import annotations
 
 import json
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ContextManager
 
 import torch
 import torch.nn.functional as F
@@ -186,7 +186,7 @@ class LionModel(nn.Module):
     # ----------------------------------------------------------------------------------------
     # Forward pieces
 
-    def route(self, task_index: torch.Tensor | None) -> ContextManager[None]:
+    def route(self, task_index: torch.Tensor | None) -> AbstractContextManager[None]:
         """`with model.route(t):` runs T5 with the [B] task index t (`TaskKind`) selecting each
         sample's router row."""
         return self.routing(task_index)
@@ -234,7 +234,9 @@ class LionModel(nn.Module):
             if qformer_attention_mask is None:
                 qformer_attention_mask = torch.ones_like(qformer_input_ids)
             query_tokens = self.query_tokens.expand(batch_size, -1, -1)
-            query_mask = torch.ones(query_tokens.shape[:2], dtype=qformer_attention_mask.dtype, device=query_tokens.device)
+            query_mask = torch.ones(
+                query_tokens.shape[:2], dtype=qformer_attention_mask.dtype, device=query_tokens.device
+            )
             image_embeds = features.qformer_input.to(query_tokens.dtype).expand(batch_size, -1, -1)
             query_output = self.qformer(
                 input_ids=qformer_input_ids,
@@ -344,7 +346,7 @@ class LionModel(nn.Module):
         elif lm.lm_head.weight is lm.shared.weight:
             lm.lm_head.weight = nn.Parameter(lm.shared.weight.detach().clone())
 
-    def apply_dtype_policy(self, device: torch.device | str, policy: str | None = None) -> "LionModel":
+    def apply_dtype_policy(self, device: torch.device | str, policy: str | None = None) -> LionModel:
         """Cast each component to the precision of `policy` (default: the config's), see `LionConfig`."""
         device = torch.device(device)
         policy = policy or self.config.dtype_policy
@@ -409,7 +411,7 @@ class LionModel(nn.Module):
         directory: str | Path,
         device: torch.device | str = "cpu",
         dtype: str | torch.dtype | None = None,
-    ) -> "LionModel":
+    ) -> LionModel:
         """Load a `save_pretrained` directory strictly: any missing or unexpected tensor is an error.
 
         dtype: None for the config's `dtype_policy`, a policy name ("auto", "fp32", "mixed"), or
@@ -441,7 +443,7 @@ class LionModel(nn.Module):
         found: dict[str, str] = {}
         for filename in files:
             with safe_open(directory / filename, framework="pt") as f:
-                found.update((name, filename) for name in f.keys())
+                found.update(dict.fromkeys(f.keys(), filename))  # safe_open objects are not iterable
         missing, unexpected = sorted(set(expected) - set(found)), sorted(set(found) - set(expected))
         if missing or unexpected:
             raise CheckpointMismatchError(
@@ -451,7 +453,8 @@ class LionModel(nn.Module):
         with torch.no_grad():
             for filename in files:
                 with safe_open(directory / filename, framework="pt") as f:
-                    for name in f.keys():
+                    names = f.keys()
+                    for name in names:
                         target = expected[name]
                         shape = tuple(f.get_slice(name).get_shape())
                         if shape != tuple(target.shape):

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
-from typing import Any, Optional
+from typing import Any
 
 from lion_ros.runtime.base import LionRuntime
 
@@ -31,7 +31,7 @@ def runtime_class(backend: str) -> type:
 
 
 def load_runtime(
-    backend: str, path: str, device: str, precision: Optional[str] = "auto", **options: Any
+    backend: str, path: str, device: str, precision: str | None = "auto", **options: Any
 ) -> LionRuntime:
     """`backend`'s runtime for a model or engine directory.
 

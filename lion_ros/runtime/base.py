@@ -7,8 +7,9 @@ is how the node serves repeated questions about the same frame cheaply.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Optional, Protocol, Sequence
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -46,10 +47,10 @@ class LionRuntime(Protocol):
         question: str,
         *,
         tags: Sequence[str] = (),
-        task: Optional[TaskKind] = None,
-        settings: Optional[GenerationSettings] = None,
-        on_partial: Optional[PartialCallback] = None,
-        cancel: Optional[threading.Event] = None,
+        task: TaskKind | None = None,
+        settings: GenerationSettings | None = None,
+        on_partial: PartialCallback | None = None,
+        cancel: threading.Event | None = None,
     ) -> Answer:
         """Answer `question` about an encoded image; `task=None` infers it from the question.
 

@@ -27,8 +27,8 @@ completion does not fit, the constraint still keeps the text a valid prefix.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Optional, Sequence, Union
 
 import torch
 
@@ -72,7 +72,7 @@ class BoxAutomaton:
     """
 
     def __init__(
-        self, token_texts: Sequence[Optional[str]], eos_token_id: int, grammar: BoxGrammar = BoxGrammar()
+        self, token_texts: Sequence[str | None], eos_token_id: int, grammar: BoxGrammar = BoxGrammar()
     ) -> None:
         self.grammar = grammar
         self.vocab_size = len(token_texts)
@@ -96,11 +96,11 @@ class BoxAutomaton:
     @classmethod
     def from_tokenizer(
         cls, tokenizer, vocab_size: int, eos_token_id: int, grammar: BoxGrammar = BoxGrammar()
-    ) -> "BoxAutomaton":
+    ) -> BoxAutomaton:
         """From a transformers tokenizer; `vocab_size` is the model's (it may exceed the tokenizer's)."""
         special = set(tokenizer.all_special_ids)
         pieces = tokenizer.convert_ids_to_tokens(list(range(min(len(tokenizer), vocab_size))))
-        texts: list[Optional[str]] = [
+        texts: list[str | None] = [
             None if i in special or piece is None else piece.replace(SPACE, " ") for i, piece in enumerate(pieces)
         ]
         texts += [None] * (vocab_size - len(texts))
@@ -128,7 +128,7 @@ class BoxAutomaton:
         if state not in self._transitions:
             allowed = {}
             for token_id, text in self._candidates:
-                after: Optional[State] = state
+                after: State | None = state
                 for char in text:
                     after = self._step(after, char)
                     if after is None:
@@ -153,7 +153,7 @@ class BoxAutomaton:
     def _box_length(self) -> int:
         return _COORDS * _NUMBER_LENGTH + (_COORDS - 1) + 1  # numbers, commas, "]"
 
-    def _step(self, state: State, char: str) -> Optional[State]:
+    def _step(self, state: State, char: str) -> State | None:
         if state[0] == "lead":
             i = state[1]
             while i < len(self._literal):
@@ -168,7 +168,7 @@ class BoxAutomaton:
             return self._step_box(state, char)
         return None
 
-    def _step_box(self, state: State, char: str) -> Optional[State]:
+    def _step_box(self, state: State, char: str) -> State | None:
         _, boxes, coord, number, x1, y1 = state
         if len(number) < _NUMBER_LENGTH:
             number += char
@@ -218,7 +218,7 @@ class BoxConstraint:
     def __init__(self, automaton: BoxAutomaton, max_new_tokens: int) -> None:
         self.automaton = automaton
         self.max_new_tokens = max_new_tokens
-        self._states: dict[tuple[int, ...], Union[State, None]] = {(): automaton.start}
+        self._states: dict[tuple[int, ...], State | None] = {(): automaton.start}
 
     def __call__(self, generated: torch.Tensor, scores: Scores) -> Scores:
         """generated [N, t] tokens so far, scores [N, vocab] -> scores with forbidden tokens at -inf."""
@@ -238,7 +238,7 @@ class BoxConstraint:
         mask[~constrained.to(scores.device)] = True
         return scores.masked_fill(~mask, float("-inf"))
 
-    def _state(self, history: tuple[int, ...]) -> Union[State, None]:
+    def _state(self, history: tuple[int, ...]) -> State | None:
         if history not in self._states:
             parent = self._state(history[:-1])
             self._states[history] = (

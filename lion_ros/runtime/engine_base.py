@@ -12,7 +12,7 @@ import dataclasses
 from abc import abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any
 
 import numpy as np
 import torch
@@ -32,7 +32,7 @@ from lion_ros.model.config import LionConfig
 from lion_ros.runtime.pipeline import EncodedPrompt, PipelineRuntime, RuntimeConfig
 from lion_ros.tokenization import LionTokenizers
 
-HostOrDevice = Union[np.ndarray, torch.Tensor, Any]
+HostOrDevice = np.ndarray | torch.Tensor | Any
 
 
 @dataclass
@@ -62,7 +62,7 @@ class EngineDecoderCache:
 class EngineDecoderStep:
     """`lion_ros.model.generation.DecoderStep` over the `t5_decoder_step` graph."""
 
-    def __init__(self, runtime: "EngineRuntime") -> None:
+    def __init__(self, runtime: EngineRuntime) -> None:
         self.runtime = runtime
         self.language = runtime.config.language
         self.device = runtime.step_device
@@ -89,7 +89,7 @@ class EngineDecoderStep:
         token_ids: torch.Tensor,
         position: torch.Tensor,
         cache: EngineDecoderCache,
-        task_index: Optional[torch.Tensor],
+        task_index: torch.Tensor | None,
     ) -> torch.Tensor:
         runtime = self.runtime
         inputs = {
@@ -126,13 +126,13 @@ class EngineRuntime(PipelineRuntime):
     @classmethod
     def _open(
         cls,
-        path: Union[str, Path],
+        path: str | Path,
         *,
         backend: str,
-        precision: Optional[str],
+        precision: str | None,
         default_precision: str,
-        profiles: Optional[ProfileConfig],
-        engine_dir: Union[str, Path, None],
+        profiles: ProfileConfig | None,
+        engine_dir: str | Path | None,
         rebuild_on_mismatch: bool,
     ) -> tuple[Path, EngineMetadata]:
         """(engine directory, its checked metadata) for a model or engine directory.

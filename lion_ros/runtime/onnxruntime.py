@@ -9,7 +9,7 @@ bf16 graphs built for TensorRT.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
@@ -33,7 +33,7 @@ class OnnxRuntimeRuntime(EngineRuntime):
         metadata: EngineMetadata,
         device: str = "cpu",
         runtime_config: RuntimeConfig = DEFAULT_RUNTIME_CONFIG,
-        threads: Optional[int] = None,
+        threads: int | None = None,
     ) -> None:
         if device not in PROVIDERS:
             raise ValueError(f"device must be one of {', '.join(PROVIDERS)}, got {device!r}")
@@ -58,15 +58,15 @@ class OnnxRuntimeRuntime(EngineRuntime):
     @classmethod
     def from_pretrained(
         cls,
-        path: Union[str, Path],
+        path: str | Path,
         device: str = "cpu",
-        precision: Optional[str] = None,
+        precision: str | None = None,
         *,
-        engine_dir: Union[str, Path, None] = None,
+        engine_dir: str | Path | None = None,
         rebuild_on_mismatch: bool = False,
         runtime_config: RuntimeConfig = DEFAULT_RUNTIME_CONFIG,
-        threads: Optional[int] = None,
-    ) -> "OnnxRuntimeRuntime":
+        threads: int | None = None,
+    ) -> OnnxRuntimeRuntime:
         """From an engine directory (`lion-build-engines`) or a model directory.
 
         precision: "fp32" or "fp16" (a key of export.graphs.PRECISIONS), or the node's names:

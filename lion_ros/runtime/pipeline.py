@@ -32,8 +32,9 @@ import re
 import threading
 import time
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
-from typing import Any, Callable, Optional, Sequence, Union
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -63,7 +64,7 @@ class RuntimeConfig:
     """Backend-independent runtime settings."""
 
     constrain_boxes: bool = True  # box-constrained decoding for REC-style region questions
-    box_grammar: BoxGrammar = BoxGrammar()
+    box_grammar: BoxGrammar = field(default_factory=BoxGrammar)
     free_text_pattern: str = FREE_TEXT_REGION_PATTERN  # region questions answered in free text
     max_question_chars: int = 1000
     # The reference does not truncate at inference; this only bounds pathological inputs (the
@@ -184,7 +185,7 @@ class PipelineRuntime(ABC):
         # One device, one request at a time: the routing state of the adapters and the decoder
         # caches are per model, so concurrent callers are serialised here.
         self._compute_lock = threading.RLock()
-        self._automaton: Union[BoxAutomaton, None, bool] = None  # False: the vocabulary cannot spell boxes
+        self._automaton: BoxAutomaton | bool | None = None  # False: the vocabulary cannot spell boxes
         self._automaton_lock = threading.Lock()
 
     # -- what a backend provides ------------------------------------------------------------
@@ -227,10 +228,10 @@ class PipelineRuntime(ABC):
         question: str,
         *,
         tags: Sequence[str] = (),
-        task: Optional[TaskKind] = None,
-        settings: Optional[GenerationSettings] = None,
-        on_partial: Optional[PartialCallback] = None,
-        cancel: Optional[threading.Event] = None,
+        task: TaskKind | None = None,
+        settings: GenerationSettings | None = None,
+        on_partial: PartialCallback | None = None,
+        cancel: threading.Event | None = None,
     ) -> Answer:
         """See `LionRuntime.answer`. `timings.total_ms` adds `image.encode_ms` to this call's time."""
         started = time.perf_counter()
@@ -296,7 +297,7 @@ class PipelineRuntime(ABC):
             and not re.search(self.runtime_config.free_text_pattern, question, re.I)
         )
 
-    def box_automaton(self) -> Optional[BoxAutomaton]:
+    def box_automaton(self) -> BoxAutomaton | None:
         """Built on first use (it scans the vocabulary) and kept for all requests; None, with one
         warning, when the vocabulary cannot spell box answers (region answers are then free text)."""
         with self._automaton_lock:
@@ -341,7 +342,7 @@ class PipelineRuntime(ABC):
         task: TaskKind,
         question: str,
         settings: GenerationSettings,
-        stream: Optional["_Stream"],
+        stream: _Stream | None,
         check_cancel: Callable[[], None],
     ) -> GenerationOutput:
         step = self._decoder_step()
@@ -412,7 +413,7 @@ class _Stream:
     def __init__(self, runtime: PipelineRuntime, on_partial: PartialCallback) -> None:
         self.runtime, self.on_partial = runtime, on_partial
         self.tokens: list[int] = []
-        self.last: Optional[str] = None
+        self.last: str | None = None
 
     def token(self, token: int) -> None:
         if token == self.runtime.config.language.eos_token_id:
@@ -426,7 +427,7 @@ class _Stream:
             self.on_partial(text, n_tokens)
 
 
-def _cancel_check(cancel: Optional[threading.Event]) -> Callable[[], None]:
+def _cancel_check(cancel: threading.Event | None) -> Callable[[], None]:
     def check() -> None:
         if cancel is not None and cancel.is_set():
             raise RequestCancelled("the request was cancelled")

@@ -6,7 +6,6 @@ and the T5 encoder, and lends the search loops `T5DecoderStep`.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Union
 
 import numpy as np
 import torch
@@ -19,7 +18,7 @@ from lion_ros.runtime.base import GenerationSettings
 from lion_ros.runtime.pipeline import DEFAULT_RUNTIME_CONFIG, EncodedPrompt, PipelineRuntime, RuntimeConfig
 from lion_ros.tokenization import LionTokenizers
 
-DType = Union[str, torch.dtype, None]
+DType = str | torch.dtype | None
 
 
 class PyTorchRuntime(PipelineRuntime):
@@ -31,7 +30,7 @@ class PyTorchRuntime(PipelineRuntime):
         self,
         model: LionModel,
         tokenizers: LionTokenizers,
-        device: Union[str, torch.device, None] = None,
+        device: str | torch.device | None = None,
         runtime_config: RuntimeConfig = DEFAULT_RUNTIME_CONFIG,
     ) -> None:
         super().__init__(model.config, tokenizers, runtime_config)
@@ -42,11 +41,11 @@ class PyTorchRuntime(PipelineRuntime):
     @classmethod
     def from_pretrained(
         cls,
-        model_dir: Union[str, Path],
-        device: Union[str, torch.device] = "cpu",
+        model_dir: str | Path,
+        device: str | torch.device = "cpu",
         dtype: DType = None,
         runtime_config: RuntimeConfig = DEFAULT_RUNTIME_CONFIG,
-    ) -> "PyTorchRuntime":
+    ) -> PyTorchRuntime:
         """Load a model directory (config.json, safetensors weights, tokenizer/, qformer_tokenizer/).
 
         dtype: None for the config's precision policy, a policy name ("auto", "fp32", "mixed")

@@ -21,9 +21,9 @@ import contextlib
 import gc
 import logging
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Optional, Protocol, Union
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -235,12 +235,15 @@ class _TorchGraphCapture:
 
     def capture(self, enqueue: Callable[[int], bool]) -> Callable[[], None]:
         graph = torch.cuda.CUDAGraph()
-        # The outer context restores the caller's stream even when capture_end raises (the exit of
-        # torch.cuda.graph then skips restoring it). "thread_local": CUDA calls made by other
-        # threads of the process do not invalidate the capture; TensorRT's, in this thread, do.
-        with torch.cuda.stream(self._stream):
-            with torch.cuda.graph(graph, stream=self._stream, capture_error_mode="thread_local"):
-                captured = enqueue(self._stream.cuda_stream)
+        # The stream context (entered first, left last) restores the caller's stream even when
+        # capture_end raises (the exit of torch.cuda.graph then skips restoring it). "thread_local":
+        # CUDA calls made by other threads of the process do not invalidate the capture;
+        # TensorRT's, in this thread, do.
+        with (
+            torch.cuda.stream(self._stream),
+            torch.cuda.graph(graph, stream=self._stream, capture_error_mode="thread_local"),
+        ):
+            captured = enqueue(self._stream.cuda_stream)
         if not captured:
             # TensorRT returns False when it cannot enqueue under capture; the graph may be partial.
             raise RuntimeError("execute_async_v3 failed under stream capture")
@@ -276,7 +279,7 @@ class _DecoderBucket:
         for parity, context in enumerate(self.contexts):
             for name, array in {**self.inputs, **self.kv[parity], **self.results(parity)}.items():
                 context.set_tensor_address(name, memory.pointer(array))
-        self.graphs: list[Optional[Callable[[], None]]] = [None, None]
+        self.graphs: list[Callable[[], None] | None] = [None, None]
         # The per-answer inputs now in the static buffers, by weak reference: while the object
         # lives its memory is not reused, so the same object means the same data.
         self._loaded: dict[str, weakref.ref] = {}
@@ -339,7 +342,7 @@ class _GraphedDecoderStep:
         self.buckets: dict[tuple[tuple[int, ...], ...], _DecoderBucket] = {}  # least recently used first
         self.enabled = True
 
-    def run(self, inputs: dict[str, Any]) -> Optional[dict[str, torch.Tensor]]:
+    def run(self, inputs: dict[str, Any]) -> dict[str, torch.Tensor] | None:
         """The step's outputs, or None with graphs off. The outputs are the bucket's static
         buffers: valid until its next step, which is as long as the search loops use them."""
         if not self.enabled:
@@ -356,7 +359,7 @@ class _GraphedDecoderStep:
         shapes = {name: tuple(inputs[name].shape) for name in self.engine.inputs}
         padded = self._padded_length(shapes["encoder_mask"][-1])
         for name, axis in _ENCODER_AXIS.items():
-            shapes[name] = shapes[name][:axis] + (padded,) + shapes[name][axis + 1:]
+            shapes[name] = (*shapes[name][:axis], padded, *shapes[name][axis + 1:])
         key = tuple(shapes.values())
         bucket = self.buckets.pop(key, None)
         if bucket is None:
@@ -440,7 +443,7 @@ class TensorRTRuntime(EngineRuntime):
                                        scratch_bytes) for name, spec in metadata.graphs.items()}
         log.info("TensorRT engines ready: %s, shared activation memory %.1f MiB", ", ".join(self._engines),
                  scratch_bytes / 2**20)
-        self._decoder_graphs: Optional[_GraphedDecoderStep] = None
+        self._decoder_graphs: _GraphedDecoderStep | None = None
         if cuda_graphs and isinstance(self._memory, _TorchMemory):
             self._decoder_graphs = _GraphedDecoderStep(
                 self._engines["t5_decoder_step"], self._memory, _TorchGraphCapture(self._memory.cuda_stream),
@@ -464,16 +467,16 @@ class TensorRTRuntime(EngineRuntime):
     @classmethod
     def from_pretrained(
         cls,
-        path: Union[str, Path],
+        path: str | Path,
         device: str = "cuda",
-        precision: Optional[str] = None,
+        precision: str | None = None,
         *,
-        engine_dir: Union[str, Path, None] = None,
-        profiles: Optional[ProfileConfig] = None,
+        engine_dir: str | Path | None = None,
+        profiles: ProfileConfig | None = None,
         rebuild_on_mismatch: bool = False,
         runtime_config: RuntimeConfig = DEFAULT_RUNTIME_CONFIG,
         cuda_graphs: bool = True,
-    ) -> "TensorRTRuntime":
+    ) -> TensorRTRuntime:
         """From an engine directory (`lion-build-engines`) or a model directory.
 
         precision: "bf16", "fp16" (float16 T5 with float32 residual stream, for GPUs or TensorRT

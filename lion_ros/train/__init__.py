@@ -4,6 +4,13 @@ from .stages import TRAINABLE_GROUPS, VISUAL_INPUT, apply_freeze_policy, build_m
 from .trainer import TrainingModule, TrainResult, train
 
 __all__ = [
-    "TRAINABLE_GROUPS", "TrainConfig", "TrainResult", "TrainingModule", "VISUAL_INPUT", "apply_freeze_policy",
-    "build_model", "handover", "train",
+    "TRAINABLE_GROUPS",
+    "VISUAL_INPUT",
+    "TrainConfig",
+    "TrainResult",
+    "TrainingModule",
+    "apply_freeze_policy",
+    "build_model",
+    "handover",
+    "train",
 ]

@@ -12,9 +12,10 @@ any folder; every other path is relative to the current folder.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any
 
 import yaml
 
@@ -63,7 +64,7 @@ class ModelSection:
     # Holds tokenizer/ and qformer_tokenizer/. Empty: the starting model's own (init.path, or
     # init.image_stage for a hand-over); a from-scratch run must name it.
     tokenizer_dir: str = ""
-    train_tokenizer: Optional[TokenizerTraining] = None  # build tokenizer_dir if missing
+    train_tokenizer: TokenizerTraining | None = None  # build tokenizer_dir if missing
     dtype_policy: str = "fp32"  # LionConfig policy for training; "mixed" stores frozen ViT/T5 in half
     gradient_checkpointing: bool = False
 
@@ -246,11 +247,11 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "TrainConfig":
+    def from_dict(cls, data: Mapping[str, Any]) -> TrainConfig:
         return _build(cls, data)
 
     @classmethod
-    def load(cls, path: str | Path, overrides: Sequence[str] = ()) -> "TrainConfig":
+    def load(cls, path: str | Path, overrides: Sequence[str] = ()) -> TrainConfig:
         data = read_config_file(Path(path))
         for item in overrides:
             apply_override(data, item)
@@ -346,7 +347,6 @@ _SECTIONS = {
 }
 
 
-def _dataclass_type(annotation: Any) -> Optional[type]:
-    # Annotations are strings under `from __future__ import annotations`.
-    text = str(annotation).replace("Optional[", "").rstrip("]")
-    return _SECTIONS.get(text)
+def _dataclass_type(annotation: Any) -> type | None:
+    # Annotations are strings under `from __future__ import annotations`: "Section" or "Section | None".
+    return _SECTIONS.get(str(annotation).removesuffix(" | None"))

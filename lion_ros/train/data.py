@@ -12,10 +12,9 @@ right, counts of objects cut by a crop), and synthetic scenes are unlimited anyw
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 import os
-from collections.abc import Collection
-from typing import Iterator, Optional, Sequence
+from collections.abc import Collection, Iterator, Sequence
+from dataclasses import dataclass
 
 import cv2
 import numpy as np
@@ -56,9 +55,9 @@ class TrainBatch:
     qformer_attention_mask: torch.Tensor
     labels: torch.Tensor  # [B, L], -100 at padding
     task_index: torch.Tensor  # [B] router rows (TaskKind)
-    patch_labels: Optional[torch.Tensor] = None  # [I, P, K] per-patch labels (dense supervision)
+    patch_labels: torch.Tensor | None = None  # [I, P, K] per-patch labels (dense supervision)
 
-    def to(self, device: torch.device) -> "TrainBatch":
+    def to(self, device: torch.device) -> TrainBatch:
         return TrainBatch(**{k: None if v is None else v.to(device, non_blocking=True) for k, v in vars(self).items()})
 
     @property
@@ -79,12 +78,12 @@ class Collator:
         self.qformer_max_tokens = min(config.max_prompt_tokens, qformer_max_tokens)
 
     @classmethod
-    def for_model(cls, tokenizers: LionTokenizers, config: DataSection, model: LionConfig) -> "Collator":
+    def for_model(cls, tokenizers: LionTokenizers, config: DataSection, model: LionConfig) -> Collator:
         """The collator of `model`'s inputs: its image size and Q-Former text positions."""
         return cls(tokenizers, config, PreprocessConfig(image_size=model.vision.image_size),
                    qformer_max_tokens=model.qformer.max_position_embeddings)
 
-    def __call__(self, groups: Sequence[tuple[np.ndarray, list[Sample], Optional[np.ndarray]]],
+    def __call__(self, groups: Sequence[tuple[np.ndarray, list[Sample], np.ndarray | None]],
                  rng: np.random.Generator) -> TrainBatch:
         """groups: (image, its samples, its patch labels or None) per image."""
         pixels, image_index, samples = [], [], []
@@ -120,7 +119,7 @@ class Collator:
         left, so targets are truncated here), padded with -100."""
         eos = self.tokenizers.t5.eos_token_id
         limit = self.config.max_target_tokens
-        rows = [ids[: limit - 1] + [eos] if len(ids) > limit else ids
+        rows = [[*ids[:limit - 1], eos] if len(ids) > limit else ids
                 for ids in self.tokenizers.t5(list(answers))["input_ids"]]
         out = torch.full((len(rows), max(map(len, rows))), -100, dtype=torch.long)
         for i, ids in enumerate(rows):
@@ -171,11 +170,11 @@ class ImageBatches(Dataset):
         groups = [self._group(index) for index in self.order[k * per : (k + 1) * per]]
         return self.collator(groups, np.random.default_rng([self.seed, self.epoch, k, 1]))
 
-    def image(self, index: int) -> tuple[np.ndarray, list[Sample], Optional[np.ndarray]]:
+    def image(self, index: int) -> tuple[np.ndarray, list[Sample], np.ndarray | None]:
         """(RGB image, its samples of this stage's tasks, its patch labels or None)."""
         raise NotImplementedError
 
-    def _group(self, index: int) -> tuple[np.ndarray, list[Sample], Optional[np.ndarray]]:
+    def _group(self, index: int) -> tuple[np.ndarray, list[Sample], np.ndarray | None]:
         rgb, samples, labels = self.image(index)
         rng = np.random.default_rng([self.seed, self.epoch, index])
         n = min(self.config.questions_per_image, len(samples))
@@ -205,7 +204,7 @@ class SyntheticBatches(ImageBatches):
         seed: int,
         rank: int = 0,
         world_size: int = 1,
-        source: Optional[SyntheticDataset] = None,
+        source: SyntheticDataset | None = None,
         patch_grid: int = 0,
         patch_targets: Sequence[str] = (),
     ) -> None:
@@ -216,7 +215,7 @@ class SyntheticBatches(ImageBatches):
         self.source = source or SyntheticDataset("train", config.num_scenes, config.synthetic, cache_size=1)
         super().__init__(config, collator, tasks, seed, self.source.num_scenes, rank, world_size)
 
-    def image(self, index: int) -> tuple[np.ndarray, list[Sample], Optional[np.ndarray]]:
+    def image(self, index: int) -> tuple[np.ndarray, list[Sample], np.ndarray | None]:
         samples = [s for s in self.source.scene_samples(index) if s.task in self.tasks]
         scene = self.source.scene(index)
         labels = patch_labels(scene, self.patch_grid, self.patch_targets) if self.patch_targets else None
@@ -238,7 +237,7 @@ class FileBatches(ImageBatches):
     function of the seed, as for synthetic scenes."""
 
     def __init__(self, config: DataSection, collator: Collator, tasks: Sequence[TaskKind], seed: int,
-                 rank: int = 0, world_size: int = 1, samples: Optional[Sequence[Sample]] = None) -> None:
+                 rank: int = 0, world_size: int = 1, samples: Sequence[Sample] | None = None) -> None:
         """samples: the files' samples (default: read `config.files`)."""
         if samples is None:
             samples = [s for source in config.files for s in load_source(source, variety_seed=0)]
@@ -256,7 +255,7 @@ class FileBatches(ImageBatches):
         self.samples = by_image
         super().__init__(config, collator, tasks, seed, len(self.images), rank, world_size)
 
-    def image(self, index: int) -> tuple[np.ndarray, list[Sample], Optional[np.ndarray]]:
+    def image(self, index: int) -> tuple[np.ndarray, list[Sample], np.ndarray | None]:
         path = self.images[index]
         return load_rgb(path), self.samples[path], None
 

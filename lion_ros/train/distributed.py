@@ -11,8 +11,8 @@ import contextlib
 import datetime
 import math
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 import torch
 import torch.distributed as dist

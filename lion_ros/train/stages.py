@@ -19,8 +19,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 import torch
 from safetensors import safe_open
@@ -154,7 +154,10 @@ def handover(image_stage: Path, region_stage: Path) -> LionModel:
                              "soft prompt must be frozen and identical in both")
     placed = set()
     with torch.no_grad():
-        for source, groups, row in ((image, _FROM_IMAGE_STAGE, TaskKind.IMAGE), (region, _FROM_REGION_STAGE, TaskKind.REGION)):
+        for source, groups, row in (
+            (image, _FROM_IMAGE_STAGE, TaskKind.IMAGE),
+            (region, _FROM_REGION_STAGE, TaskKind.REGION),
+        ):
             for name, tensor in source.items():
                 if _ADAPTER_KEY in name:
                     # The single adapter of a stage model is adapters.0; it becomes adapters.<row>.
@@ -243,7 +246,8 @@ def _read_tensors(directory: Path) -> dict[str, torch.Tensor]:
     tensors = {}
     for filename in files:
         with safe_open(directory / filename, framework="pt") as f:
-            tensors.update((name, f.get_tensor(name)) for name in f.keys())
+            names = f.keys()  # safe_open objects are not iterable
+            tensors.update((name, f.get_tensor(name)) for name in names)
     return tensors
 
 
