@@ -1,4 +1,5 @@
 """Synthetic tabletop scenes: determinism, geometry, splits and sample formats."""
+import hashlib
 import math
 import re
 
@@ -262,6 +263,19 @@ def test_prompt_variety_switch():
     assert all(q.startswith("In the image <image>, can you locate ") for q in rec)
     varied = SyntheticDataset("train", 4)
     assert len({q.split(" the ")[0] for q in (s.question for s in varied if s.task_name == "rec")}) > 1
+
+
+def test_template_questions_and_answers_are_what_the_shipped_lineage_trained_on():
+    """The default phrasing is the templates, and it words the scenes exactly as the commit that
+    trained the shipped lion-nano did (the digest was taken from that code). A change here changes
+    the shipped lineage's data: do it only with a retrained model."""
+    digest = hashlib.sha256()
+    for split, cfg in (("train", SyntheticConfig()),
+                       ("test", SyntheticConfig(prompt_variety=False, spatial_answer="reasoned"))):
+        assert cfg.phrasing == "templates"
+        for s in SyntheticDataset(split, 10, cfg, cache_size=1):
+            digest.update(f"{s.id}\t{s.question}\t{s.answer}\n".encode())
+    assert digest.hexdigest() == "52cfe4089a159358c2373509203b3f8419c1c68fc37d503c35d3cf01105472a6"
 
 
 def test_config_from_yaml_style_dict():

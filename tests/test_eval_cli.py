@@ -96,6 +96,22 @@ def test_first_scene_selects_other_held_out_scenes() -> None:
         synthetic_source("test", 2, first_scene=-1)
 
 
+def test_the_phrasing_split_asks_the_same_scenes_in_held_out_wordings(tmp_path: Path) -> None:
+    templates, heldout = synthetic_source("test", 2), synthetic_source("test", 2, phrasing="heldout")
+    assert heldout.name == "synthetic-test-phrasing"
+    assert [(s.id, s.answer) for s in heldout.samples] == [(s.id, s.answer) for s in templates.samples]
+    assert all(a.question != b.question for a, b in zip(heldout.samples, templates.samples))
+    evaluate(EchoRuntime("no"), [templates, heldout], None, True, tmp_path / "run", "stub", {"num_beams": 1})
+    assert main(["--rescore", str(tmp_path / "run"), "--split", "test", "--phrasing", "both", "--num", "2",
+                 "--out", str(tmp_path / "rescored")]) == 0
+    report = json.loads((tmp_path / "rescored" / "metrics.json").read_text())
+    assert list(report["sources"]) == ["synthetic-test", "synthetic-test-phrasing"]
+    scores = [report["sources"][name]["summary"]["spatial_yesno_acc"] for name in report["sources"]]
+    assert scores[0] == scores[1]  # same questions' answers, so "no" to all scores the same
+    with pytest.raises(SystemExit, match="its predictions are of"):
+        main(["--rescore", str(tmp_path / "run"), "--split", "test", "--num", "2", "--out", str(tmp_path / "x")])
+
+
 def test_cli_on_a_random_tiny_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("LION_ENGINE_CACHE", str(tmp_path / "engines"))  # the ONNX export below goes here
     pytest.importorskip("lion_ros.runtime.pytorch")

@@ -10,6 +10,10 @@ Splits: scene seeds are `base_seed * 2**40 + 3 * index + code` with code 0 (trai
 1 (test) and 2 (compositional), so the splits never share a seed. Train and test scenes never
 contain a held-out (colour, category) pair; every compositional scene contains at least one,
 and its questions are asked about held-out objects whenever the task allows.
+
+Questions are worded by the templates of `lion_ros.prompts` or, with `SyntheticConfig.phrasing`,
+by the phrasing grammar of `lion_ros.data.phrasing`, whose held-out productions make the `phrasing`
+evaluation split; the answers are the same either way.
 """
 from __future__ import annotations
 
@@ -26,6 +30,7 @@ from lion_ros import prompts
 from lion_ros.api import TaskKind
 from lion_ros.data import templates
 from lion_ros.data.formatting import boxes_target, format_boxes, normalize_box, rec_target
+from lion_ros.data.phrasing import PHRASINGS, Phraser
 from lion_ros.data.sample import Box, RegionTarget, Sample
 
 # "cube", not "box": the word box means a bounding box in region-level prompts.
@@ -171,8 +176,15 @@ class SyntheticConfig:
     # relation's direction and the objects' order, so no single-object cue predicts it; asking
     # only "left"/"front" first is a curriculum (docs/experiments/lion-nano.md).
     spatial_relations: tuple[str, ...] = field(default_factory=lambda: tuple(RELATION_PHRASES))
+    # How questions are worded (lion_ros.data.phrasing): "templates" (the prompts' templates, what the
+    # shipped lineage trained on), "grammar" (the phrasing grammar's training productions) or
+    # "heldout" (its held-out productions: the `phrasing` evaluation split, refused on train scenes).
+    # Only the wording changes: the same scene asks about the same objects with the same answers.
+    phrasing: str = "templates"
 
     def __post_init__(self) -> None:
+        if self.phrasing not in PHRASINGS:
+            raise ValueError(f"phrasing must be one of {PHRASINGS}, got {self.phrasing!r}")
         if self.spatial_answer not in SPATIAL_ANSWERS:
             raise ValueError(f"spatial_answer must be one of {SPATIAL_ANSWERS}, got {self.spatial_answer!r}")
         self.spatial_relations = tuple(self.spatial_relations)
@@ -717,8 +729,9 @@ class _SceneSampler:
 
     def __init__(self, scene: Scene, rng: np.random.Generator, heldout: Sequence[tuple[str, str]],
                  variety_seed: Optional[int], id_prefix: str, spatial_answer: str = "plain",
-                 spatial_relations: Sequence[str] = tuple(RELATION_PHRASES)) -> None:
+                 spatial_relations: Sequence[str] = tuple(RELATION_PHRASES), phrasing: str = "templates") -> None:
         self.scene = scene
+        self.phrasing = phrasing
         self.spatial_answer = spatial_answer
         self.spatial_relations = spatial_relations
         self.objs = scene.objects
@@ -738,6 +751,14 @@ class _SceneSampler:
 
     def _template(self, slot: int) -> int:
         return templates.choice_for(self._sid(slot), self.variety_seed)
+
+    def _phraser(self, slot: int) -> Phraser | None:
+        """The grammar's phraser for `slot`, None when questions come from the templates. Its draws
+        use their own random stream, so `self.rng` (which objects are asked about) runs exactly as
+        with templates and a scene asks the same questions in every phrasing."""
+        if self.phrasing == "templates":
+            return None
+        return Phraser.for_sample(f"{self.scene.seed}/{slot}", held_out=self.phrasing == "heldout")
 
     def _sample(self, slot: int, question: str, task: TaskKind, task_name: str, answer: str,
                 about: Sequence[SceneObject], **kwargs: Any) -> Sample:
@@ -760,16 +781,19 @@ class _SceneSampler:
         phrases = [f"a {o.description}" for o in self.left_to_right]
         text = f"{_join(phrases)} on a {self.scene.table} table."
         text = text[0].upper() + text[1:]
-        return self._sample(slot, prompts.caption_prompt(self._template(slot)), TaskKind.IMAGE, "caption", text,
-                            self.objs)
+        phraser = self._phraser(slot)
+        question = phraser.question("caption") if phraser else prompts.caption_prompt(self._template(slot))
+        return self._sample(slot, question, TaskKind.IMAGE, "caption", text, self.objs)
 
     def grounded_caption(self, slot: int) -> Sample:
         regions = [RegionTarget(f"a {o.description}", self.scene.normalized_box(o)) for o in self.left_to_right]
         parts = [f"{r.phrase}{format_boxes([r.box])}" for r in regions]  # BoxCodec's grounded form
         text = f"{_join(parts)} on a {self.scene.table} table."
         text = text[0].upper() + text[1:]
-        return self._sample(slot, prompts.grounded_caption_prompt(self._template(slot)), TaskKind.REGION,
-                            "grounded_caption", text, self.objs, regions=regions)
+        phraser = self._phraser(slot)
+        question = (phraser.question("grounded_caption") if phraser
+                    else prompts.grounded_caption_prompt(self._template(slot)))
+        return self._sample(slot, question, TaskKind.REGION, "grounded_caption", text, self.objs, regions=regions)
 
     def spatial(self, slot: int) -> Optional[Sample]:
         want = bool(self.rng.random() < 0.5)
@@ -791,6 +815,9 @@ class _SceneSampler:
         phrase = self._choice(RELATION_PHRASES[rel])
         form = self._choice(("Is {a} {rel} {b}?", "Is it true that {a} is {rel} {b}?"))
         question = form.format(a=ref_a, rel=phrase, b=ref_b)
+        phraser = self._phraser(slot)
+        if phraser:
+            question = phraser.question("yesno", {"a": ref_a, "rel": phraser.relation(rel), "b": ref_b})
         answer = "yes" if truth else "no"
         if self.spatial_answer == "grounded":
             box_a, box_b = (format_boxes([self.scene.normalized_box(o)]) for o in (a, b))
@@ -819,10 +846,15 @@ class _SceneSampler:
             counted = [o for o in self.objs if o.category == cat]
             form = self._choice(("How many {p} are there?", "How many {p} are in the image?", "Count the {p}."))
             question = form.format(p=PLURALS[cat])
+            what, colour = PLURALS[cat], None
         else:
             colour = self._choice(sorted({o.colour for o in self.objs}))
             counted = [o for o in self.objs if o.colour == colour]
-            question = f"How many {colour} objects are there?"
+            what = f"{colour} objects"
+            question = f"How many {what} are there?"
+        phraser = self._phraser(slot)
+        if phraser:
+            question = phraser.question("count", {"xs": f"{colour} {phraser.noun(plural=True)}" if colour else what})
         n = len(counted)
         return self._sample(slot, question, TaskKind.IMAGE, "count", str(n), counted, count=n)
 
@@ -852,10 +884,17 @@ class _SceneSampler:
                     form = self._choice(("What size is {r}?", "Is {r} small or large?"))
                     answer = target.size
                 question = form.format(r=ref)
+            phraser = self._phraser(slot)
+            if phraser and kind == "category":
+                question = phraser.question("category", {"d": "the " + _describe(target, attrs, noun=phraser.noun())})
+            elif phraser:
+                question = phraser.question(kind, {"x": ref})
             return self._sample(slot, question, TaskKind.IMAGE, "attribute", answer, (target,))
         return None
 
-    def _relational_expressions(self, target: SceneObject) -> list[str]:
+    def _relational_expressions(self, target: SceneObject) -> list[tuple[str, str, str]]:
+        """(template expression, relation, anchor reference) of each relational expression that
+        picks `target` out uniquely."""
         out = []
         same = [o for o in self.objs if o.category == target.category and o is not target]
         for anchor in self.objs:
@@ -865,50 +904,79 @@ class _SceneSampler:
                 if spatial_relation(rel, target, anchor) is not True:
                     continue
                 if all(spatial_relation(rel, o, anchor) is False for o in same):
-                    out.append(f"the {target.category} {self._choice(RELATION_PHRASES[rel])} {self._ref(anchor)}")
+                    phrase = self._choice(RELATION_PHRASES[rel])
+                    anchor_ref = self._ref(anchor)
+                    out.append((f"the {target.category} {phrase} {anchor_ref}", rel, anchor_ref))
         return out
 
     def rec(self, slot: int) -> Sample:
         target = self._choice(self.focus)
         relational = self._relational_expressions(target) if self.rng.random() < 0.35 else []
-        expr = self._choice(relational) if relational else self._ref(target)
+        chosen = self._choice(relational) if relational else None
+        expr = chosen[0] if chosen else self._ref(target)
         box = self.scene.normalized_box(target)
-        return self._sample(slot, prompts.rec_prompt(expr, self._template(slot)), TaskKind.REGION, "rec",
-                            rec_target(box), (target,), regions=[RegionTarget(expr, box)])
+        phraser = self._phraser(slot)
+        if phraser:
+            if chosen:
+                expr = f"the {target.category} {phraser.relation(chosen[1])} {chosen[2]}"
+            question = phraser.question("rec", {"x": expr})
+        else:
+            question = prompts.rec_prompt(expr, self._template(slot))
+        return self._sample(slot, question, TaskKind.REGION, "rec", rec_target(box), (target,),
+                            regions=[RegionTarget(expr, box)])
 
     def reg(self, slot: int) -> Sample:
         target = self._choice(self.focus)
         box = self.scene.normalized_box(target)
         answer = f"the {target.description}"
-        return self._sample(slot, prompts.reg_prompt(box, self._template(slot)), TaskKind.REGION, "reg", answer,
-                            (target,), regions=[RegionTarget(answer, box)])
+        phraser = self._phraser(slot)
+        question = (phraser.question("reg", {"box": format_boxes([box])}) if phraser
+                    else prompts.reg_prompt(box, self._template(slot)))
+        return self._sample(slot, question, TaskKind.REGION, "reg", answer, (target,),
+                            regions=[RegionTarget(answer, box)])
 
     def find_all(self, slot: int) -> Sample:
         if self.rng.random() < 0.75:
             cat = self._choice(sorted({o.category for o in self.focus}))
             chosen = [o for o in self.left_to_right if o.category == cat]
-            what = PLURALS[cat]
+            what, colour = PLURALS[cat], None
         else:
             colour = self._choice(sorted({o.colour for o in self.focus}))
             chosen = [o for o in self.left_to_right if o.colour == colour]
             what = f"{colour} objects"
         regions = [RegionTarget(f"the {o.description}", self.scene.normalized_box(o)) for o in chosen]
-        return self._sample(slot, prompts.find_all_prompt(what, self._template(slot)), TaskKind.REGION, "find_all",
-                            boxes_target([r.box for r in regions]), chosen, regions=regions, count=len(regions))
+        phraser = self._phraser(slot)
+        if phraser:
+            question = phraser.question("find_all", {"xs": f"{colour} {phraser.noun(plural=True)}" if colour else what})
+        else:
+            question = prompts.find_all_prompt(what, self._template(slot))
+        return self._sample(slot, question, TaskKind.REGION, "find_all", boxes_target([r.box for r in regions]), chosen,
+                            regions=regions, count=len(regions))
+
+
+def _check_phrasing(phrasing: str, split: str) -> None:
+    if phrasing not in PHRASINGS:
+        raise ValueError(f"phrasing must be one of {PHRASINGS}, got {phrasing!r}")
+    if phrasing == "heldout" and split == "train":
+        raise ValueError("held-out phrasings are for evaluation only: no train scene is ever asked in them")
 
 
 def generate_samples(scene: Scene, tasks: Optional[TaskMix] = None, heldout: Sequence[tuple[str, str]] = DEFAULT_HELDOUT,
                      variety_seed: Optional[int] = 0, id_prefix: Optional[str] = None,
                      spatial_answer: str = "plain",
-                     spatial_relations: Sequence[str] = tuple(RELATION_PHRASES)) -> list[Sample]:
+                     spatial_relations: Sequence[str] = tuple(RELATION_PHRASES),
+                     phrasing: str = "templates") -> list[Sample]:
     """All samples of one scene, `tasks.total()` of them, in TaskMix field order.
 
     A task that a scene cannot support (e.g. no clear spatial relation) falls back to REC,
-    which every scene supports, so the per-scene sample count is fixed.
+    which every scene supports, so the per-scene sample count is fixed. `phrasing`: see
+    `SyntheticConfig.phrasing`; `variety_seed` only varies the templates.
     """
+    _check_phrasing(phrasing, scene.split)
     tasks = tasks or TaskMix()
     sampler = _SceneSampler(scene, np.random.default_rng([scene.seed, 1]), heldout, variety_seed,
-                            id_prefix or f"synthetic/{scene.split}/{scene.seed}", spatial_answer, spatial_relations)
+                            id_prefix or f"synthetic/{scene.split}/{scene.seed}", spatial_answer, spatial_relations,
+                            phrasing)
     makers: dict[str, Callable[[int], Optional[Sample]]] = {
         "caption": sampler.caption, "spatial": sampler.spatial, "count": sampler.count,
         "attribute": sampler.attribute, "rec": sampler.rec, "reg": sampler.reg,
@@ -936,6 +1004,7 @@ class SyntheticDataset:
         self.split = split
         self.num_scenes = num_scenes
         self.config = config or SyntheticConfig()
+        _check_phrasing(self.config.phrasing, split)  # at construction, before a trainer starts its workers
         self.first_scene = first_scene
         self.per_scene = self.config.tasks.total()
         if self.per_scene <= 0:
@@ -956,7 +1025,7 @@ class SyntheticDataset:
         samples = generate_samples(
             scene, cfg.tasks, cfg.scene.heldout_pairs, cfg.base_seed if cfg.prompt_variety else None,
             id_prefix=f"synthetic/{self.split}/{self.first_scene + scene_index}", spatial_answer=cfg.spatial_answer,
-            spatial_relations=cfg.spatial_relations,
+            spatial_relations=cfg.spatial_relations, phrasing=cfg.phrasing,
         )
         self._cache[scene_index] = (scene, samples)
         if len(self._cache) > self._cache_size:

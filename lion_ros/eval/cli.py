@@ -1,12 +1,14 @@
 """`lion-eval`: run a model over held-out data and score it.
 
     lion-eval --model DIR --split test --num 50 --out runs/eval/test
+    lion-eval --model DIR --split test --phrasing both --num 50 --out runs/eval/phrasing
     lion-eval --model ENGINE_DIR --backend onnxruntime --split test --num 50 --out runs/eval/test-ort
     lion-eval --model DIR --split none --vqav2 questions.json annotations.json --image-root val2014 --out ...
     lion-eval --model DIR --split none --coco-instances instances_val.json --image-root images --out ...
     lion-eval --rescore lion_ros/assets/lion-nano/eval/test --split test --num 200 --out runs/eval/rescored
 
-Sources: a synthetic split (canonical prompt of each task, `--num` scenes of 14 questions) and
+Sources: a synthetic split (`--num` scenes of 14 questions, worded by the canonical prompt of each
+task and/or, with `--phrasing heldout|both`, by the phrasing grammar's held-out productions) and
 any dataset files given (read through `lion_ros.data.sources`, as lion-train's `data.files`).
 Each image is encoded once and asked all its questions through the chosen runtime
 (`--backend`, PyTorch by default). Writes `metrics.json` (headline metrics,
@@ -77,6 +79,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help="runtime that answers (engine backends export a model directory on first use)")
     parser.add_argument("--split", default="test", choices=["test", "compositional", "none"],
                         help="synthetic split to evaluate ('none': only the public files given)")
+    parser.add_argument("--phrasing", default="templates", choices=["templates", "heldout", "both"],
+                        help="how the synthetic questions are worded: the canonical templates, the phrasing "
+                             "grammar's held-out productions (the 'phrasing' split, which no training run sees), or "
+                             "both on the same scenes, reported side by side")
     parser.add_argument("--num", type=int, default=100, help="synthetic scenes to evaluate (14 questions each)")
     parser.add_argument("--first-scene", type=int, default=0,
                         help="index of the first synthetic scene; the model card reports scenes from 0, so "
@@ -108,15 +114,18 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def synthetic_source(split: str, num_scenes: int, first_scene: int = 0) -> EvalSource:
+def synthetic_source(split: str, num_scenes: int, first_scene: int = 0, phrasing: str = "templates") -> EvalSource:
+    """`phrasing`: "templates" (the canonical template of each task), "heldout" (the phrasing grammar's
+    held-out productions, the `phrasing` split: same scenes, objects and answers, other words) or
+    "grammar" (its training productions)."""
     from lion_ros.data.synthetic import SyntheticConfig, SyntheticDataset
 
     if first_scene < 0:
         raise SystemExit(f"--first-scene must be >= 0, got {first_scene}")
-    dataset = SyntheticDataset(split, num_scenes, SyntheticConfig(prompt_variety=False),
+    dataset = SyntheticDataset(split, num_scenes, SyntheticConfig(prompt_variety=False, phrasing=phrasing),
                                first_scene=first_scene, cache_size=1)
     name = f"synthetic-{split}" if first_scene == 0 else f"synthetic-{split}-from-{first_scene}"
-    return EvalSource(name, list(dataset))
+    return EvalSource(name + {"templates": "", "heldout": "-phrasing", "grammar": "-grammar"}[phrasing], list(dataset))
 
 
 def public_sources(args: argparse.Namespace) -> list[EvalSource]:
@@ -257,7 +266,9 @@ def rescore(previous: Path, sources: Sequence[EvalSource], out_dir: Path) -> dic
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    synthetic = [synthetic_source(args.split, args.num, args.first_scene)] if args.split != "none" else []
+    phrasings = ["templates", "heldout"] if args.phrasing == "both" else [args.phrasing]
+    synthetic = ([synthetic_source(args.split, args.num, args.first_scene, p) for p in phrasings]
+                 if args.split != "none" else [])
     sources = synthetic + public_sources(args)
     if not sources:
         raise SystemExit("nothing to evaluate: give --split test|compositional or a public-format file")
