@@ -35,43 +35,93 @@ class TaskRule:
 
 # A box literal: four numbers in brackets, the way REG / region-caption prompts name a region.
 _BOX_LITERAL = r"\[\s*[-+]?\d*\.?\d+(?:\s*,\s*[-+]?\d*\.?\d+){3}"
+# Words that introduce the object a pointing verb acts on ("show me THE cup", "mark ALL cans").
+_DETERMINER = r"(?:the|a|an|all|every|each|any|my|your|that|this|these|those|where|which)\b"
+# Superlatives after "which one is the ...": "which one is the biggest?" compares, it does not point.
+_SUPERLATIVE = r"(?:\w+est|most|least)\b"
 
 DEFAULT_TASK_RULES: tuple[TaskRule, ...] = (
     TaskRule(_BOX_LITERAL, TaskKind.REGION, "names a region by its box (REG, region caption)"),
-    TaskRule(r"\bhow many\b", TaskKind.IMAGE, "counting is image-level, even 'find how many'"),
+    TaskRule(r"\bhow many\b|\bnumber of\b|\bcount\b", TaskKind.IMAGE,
+             "counting is image-level, even 'find how many' or 'show me how many'"),
     TaskRule(
-        r"\bwhere\b.*\b(?:taken|photographed|shot|filmed|captured)\b",
+        r"\bwhere\b.*\b(?:taken|photographed|shot|filmed|captured|recorded|set|take place|from)\W*$",
         TaskKind.IMAGE,
-        "where the photo was taken is about the scene",
+        "where the photo was taken or the scene is set is about the whole image",
     ),
     TaskRule(
-        r"\bwhere (?:is|was) this(?: (?:photo|picture|image|place|scene))?\W*$",
+        r"\bwhere (?:is|was) this(?: (?:photo|picture|image|place|scene))?\W*$"
+        r"|\bwhere (?:are we|am i|could this be|might this be|do you think this is)\b",
         TaskKind.IMAGE,
-        "'where is this?' asks for the place the image shows",
+        "'where is this?' / 'where are we?' asks for the place the image shows",
     ),
     TaskRule(
-        r"\bwhere(?:'s|'re| is| are| was| were| can| do| does| did)\b",
+        r"\bwhere\b.*\b(?:usually|typically|normally|generally|commonly|like this|like these)\b",
+        TaskKind.IMAGE,
+        "where things usually go is general knowledge, not a place in the image",
+    ),
+    TaskRule(
+        r"\bwhere\b.*\b(?:relative to|compared (?:to|with)|with respect to|in relation to|left or right"
+        r"|right or left|in front or behind|coming from)\b",
+        TaskKind.IMAGE,
+        "'where is A relative to B' asks for a relation in words",
+    ),
+    TaskRule(
+        r"\bwhere(?:'?s|'re| is| are| was| were| can| could| do| does| did| in| exactly| r)\b|\bwhereabouts\b"
+        rf"|\bwhere\W*$|\bwhere\W+is it\b|\bwhere {_DETERMINER}",
         TaskKind.REGION,
         "asks where an object is",
     ),
-    TaskRule(r"\blocat(?:e|es|ed|ing|ion|ions)\b|\blocali[sz]", TaskKind.REGION, "locate"),
-    TaskRule(r"\b(?:do|would) you find\b", TaskKind.IMAGE, "'do you find ...' asks an opinion"),
-    TaskRule(r"\bfind(?:s|ing)?\b|\bpinpoint\b|\bdetect", TaskKind.REGION, "find / detect"),
-    TaskRule(r"\bcoordinates?\b|\bpositions? of\b", TaskKind.REGION, "asks for coordinates"),
+    TaskRule(r"\b(?:find out|(?:do|did|would) you find)\b", TaskKind.IMAGE,
+             "'find out ...' and 'did you find ...' ask for an answer in words"),
     TaskRule(
-        r"\bbounding[- ]?box|\bbbox|\bboxes\b|\bbox (?:around|of|for)\b", TaskKind.REGION, "box"
-    ),
-    TaskRule(r"\bpoint(?:ing)? (?:to|at)\b", TaskKind.REGION, "point to / at"),
-    TaskRule(
-        r"\bshow me (?:where|the|all|a|an|each|every|which)\b", TaskKind.REGION, "show me <object>"
+        r"\b(?:point(?:ing)? out|highlight|show me|indicate|mark)\s+(?:the\s+)?"
+        r"(?:main|primary|key|central|overall|what|why|how|anything|something)\b|\bmark my words\b",
+        TaskKind.IMAGE,
+        "pointing out an idea ('the main subject', 'what is wrong') asks for words",
     ),
     TaskRule(
-        r"\bwhich (?:region|area|part|box|side|corner)\b", TaskKind.REGION, "which region / part"
+        r"\b(?:what|which|is|are)\b.*\blocated (?:on|in|at|to|left|right|behind|next|near|beside|between|above"
+        r"|below|under|closer|nearer|further|farther)\b",
+        TaskKind.IMAGE,
+        "'what is located next to ...' / 'is A located left of B' ask about a relation",
     ),
+    TaskRule(r"\blocat(?:e|es|ed|ing|ion|ions)\b|\blocali[sz]", TaskKind.REGION, "locate / location"),
+    TaskRule(
+        r"\bfind(?:s|ing)?\b|\bpinpoint\b|\bdetect|\bspot\b|\bsegment\b|\b(?:look|looking|search|searching)"
+        r" for\b",
+        TaskKind.REGION,
+        "find / detect / spot / look for",
+    ),
+    TaskRule(r"\bcoord(?:inate)?s?\b|\bpositions? of\b|\bxy\b", TaskKind.REGION, "asks for coordinates"),
+    TaskRule(
+        r"\bbounding[- ]?box|\bbbox|\bboxes\b|\bbox (?:around|of|for|after|each|every|all)\b"
+        r"|^\W*(?:please )?box (?:the|a|an|all|every|each|it|them)\b",
+        TaskKind.REGION,
+        "asks for a box",
+    ),
+    TaskRule(r"\bpoint(?:ing)? (?:to|at|out)\b", TaskKind.REGION, "point to / at / out"),
+    TaskRule(rf"\bshow (?:me|us)\s+{_DETERMINER}", TaskKind.REGION, "show me <object>"),
+    TaskRule(
+        rf"\b(?:highlight|mark|circle|outline|indicate|pick out|single out|select)\s+{_DETERMINER}",
+        TaskKind.REGION,
+        "highlight / mark / circle <object>",
+    ),
+    TaskRule(
+        rf"\bwhich(?: one| object| thing| item| of (?:these|them|those))?(?:'s| is| are)\s+(?:the|a|an)\s+"
+        rf"(?!{_SUPERLATIVE})",
+        TaskKind.REGION,
+        "'which one is the red cup?' picks an object out",
+    ),
+    TaskRule(r"\b(?:pick up|grab|grasp|reach for)\b", TaskKind.REGION,
+             "acting on an object needs where it is"),
+    TaskRule(r"\bwhich (?:region|area|part)\b", TaskKind.REGION, "which region / part"),
     TaskRule(r"\bground(?:ed|ing)\b|\bsquare brackets\b", TaskKind.REGION, "grounded caption"),
 )
 """Ordered: the image-level exceptions come before the broad region cues they would otherwise
-trip ("how many" before "find", "where was this taken" before "where"). No match: IMAGE."""
+trip ("how many" before "find", "where was this taken" before "where", "point out the main
+subject" before "point out"). No match: IMAGE. tests/data/routing_phrasings.tsv is the labelled
+list of requests these rules are held to."""
 
 
 @dataclass(frozen=True)
@@ -231,14 +281,21 @@ def find_all_prompt(
     return _fill(_pick(config.find_all_templates, choice), category=category)
 
 
+def matching_rule(question: str, *, config: PromptConfig = DEFAULT_PROMPTS) -> TaskRule | None:
+    """The first rule of `config.task_rules` that matches `question`, or None.
+
+    Runs of whitespace count as one space and typographic apostrophes as "'", so "where’s  the
+    cup" routes like "where's the cup": people type both, and the rules are written once."""
+    text = re.sub(r"\s+", " ", question.replace("\u2019", "'").replace("\u2018", "'"))
+    return next((rule for rule in config.task_rules if re.search(rule.pattern, text, re.IGNORECASE)), None)
+
+
 def infer_task(
     question: str, requested: TaskKind | None = None, *, config: PromptConfig = DEFAULT_PROMPTS
 ) -> TaskKind:
-    """The router row for `question`: `requested` if given, else the first matching rule of
-    `config.task_rules` (see `DEFAULT_TASK_RULES`), else IMAGE."""
+    """The router row for `question`: `requested` if given, else the kind of the first matching
+    rule of `config.task_rules` (see `DEFAULT_TASK_RULES`, `matching_rule`), else IMAGE."""
     if requested is not None:
         return TaskKind(requested)
-    for rule in config.task_rules:
-        if re.search(rule.pattern, question, re.IGNORECASE):
-            return rule.kind
-    return TaskKind.IMAGE
+    rule = matching_rule(question, config=config)
+    return rule.kind if rule is not None else TaskKind.IMAGE
