@@ -104,14 +104,17 @@ def rgb_image(width: int, height: int, stamp_sec: int, frame_id: str = "front_op
 class Harness:
     """lion_node in its own context on a MultiThreadedExecutor thread; a client node in another."""
 
-    def __init__(self, runtime: Any = None, **params: Any):
+    def __init__(self, runtime: Any = None, *, runtime_factory: Callable[[Any], Any] | None = None,
+                 **params: Any):
+        """`runtime` is served as is; `runtime_factory` (e.g. the node's real make_runtime) builds
+        one from the parameters at each configure instead."""
         self.runtime = runtime if runtime is not None else ScriptedRuntime()
         params.setdefault("qos_reliability", "reliable")
         params.setdefault("max_frame_age_s", 0.0)
         self._contexts = []
         self._executors = []
         node_context = self._context()
-        self.node = LionNode(runtime_factory=lambda p: self.runtime, context=node_context,
+        self.node = LionNode(runtime_factory=runtime_factory or (lambda p: self.runtime), context=node_context,
                              parameter_overrides=[Parameter(k, value=v) for k, v in params.items()])
         self._spin(MultiThreadedExecutor(num_threads=self.node.executor_threads(), context=node_context), self.node)
         self._make_client()
@@ -132,19 +135,26 @@ class Harness:
         self._publishers: dict[tuple[str, str], Any] = {}
 
     def wait_for_services(self, *clients: str, timeout_s: float = 15.0) -> None:
-        """Wait until the named client attributes (e.g. "enable_client") see their services.
+        """Wait until the named client attributes (e.g. "enable_client", "action_client") see
+        their services (an action client: its action server).
 
         Fast DDS sometimes never matches a new participant's service requesters (known:
         ros2/rmw_fastrtps#392 and #677, where it is decided when the node is made and new clients
         on the same node do not help). Here a 30-s wait failed in about 3 of 100 runs, so a
         client participant that sees nothing in `timeout_s` is replaced once by a new one."""
         for attempt in range(2):
-            missing = [name for name in clients if not getattr(self, name).wait_for_service(timeout_sec=timeout_s)]
+            missing = [name for name in clients if not self._discovered(getattr(self, name), timeout_s)]
             if not missing:
                 return
             if attempt == 0:
                 self._replace_client()
         raise AssertionError(f"services of {missing} not discovered, also by a new client participant")
+
+    @staticmethod
+    def _discovered(client: Any, timeout_s: float) -> bool:
+        if isinstance(client, ActionClient):
+            return client.wait_for_server(timeout_sec=timeout_s)
+        return client.wait_for_service(timeout_sec=timeout_s)
 
     def _replace_client(self) -> None:
         executor, context = self._executors.pop(), self._contexts.pop()  # the client's, made last
@@ -220,9 +230,9 @@ class Harness:
         return result_of(self.ask_client.call_async(request), 20.0)
 
     def close(self) -> None:
+        self.node.drain()  # answers what the node accepted while the executors still spin
         for executor in self._executors:
             executor.shutdown(timeout_sec=2.0)
-        self.node.stop_worker()
         self.node.destroy_node()
         self.client.destroy_node()
         for context in self._contexts:

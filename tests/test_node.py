@@ -25,21 +25,7 @@ from visualization_msgs.msg import Marker, MarkerArray  # noqa: E402
 from lion_ros.action import Ask as AskAction  # noqa: E402
 from lion_ros.msg import ErrorCode, SceneAnswer, StandingQuery  # noqa: E402
 from lion_ros.srv import SetStandingQueries  # noqa: E402
-from ros_harness import CUP_BOX, Harness, ScriptedRuntime, result_of, rgb_image, wait_for  # noqa: E402
-
-
-@pytest.fixture()
-def make_harness():
-    """make_harness(runtime=None, **node_parameters) -> a running Harness, closed afterwards."""
-    made = []
-
-    def make(runtime=None, **params):
-        made.append(Harness(runtime, **params))
-        return made[-1]
-
-    yield make
-    for h in made:
-        h.close()
+from ros_harness import CUP_BOX, ScriptedRuntime, result_of, rgb_image, wait_for  # noqa: E402
 
 
 @pytest.fixture()

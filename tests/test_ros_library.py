@@ -1,6 +1,8 @@
 """The node's plain-Python pieces, without ROS: conversions, depth, worker, schedule, parameters."""
 from __future__ import annotations
 
+import array
+import os
 import threading
 import time
 from types import SimpleNamespace
@@ -9,11 +11,13 @@ import cv2
 import numpy as np
 import pytest
 
+from hostile_images import zero_png
 from lion_ros.serving import images
 from lion_ros.serving.depth import box_depth, box_position, scaled_k
 from lion_ros.serving.errors import AskError, ErrorCode
-from lion_ros.serving.frames import LruCache
-from lion_ros.serving.parameters import NodeParams, StandingQuerySpec, from_mapping, specs
+from lion_ros.serving.frames import RATE_WINDOW_S, LruCache, ReceiveCounter
+from lion_ros.serving.parameters import (NodeParams, StandingQuerySpec, check_question, check_standing_query,
+                                         from_mapping, specs)
 from lion_ros.serving.standing import StandingSchedule
 from lion_ros.serving.worker import RequestWorker
 from lion_ros.runtime.base import RequestCancelled
@@ -73,12 +77,64 @@ def test_bad_images_raise_their_codes():
 
 def test_compressed_images_decode_and_corrupt_ones_are_bad():
     ok, png = cv2.imencode(".png", RGB[:, :, ::-1])
-    out = images.compressed_to_rgb(SimpleNamespace(format="png", data=png.tobytes()), 10**6)
+    out = images.compressed_to_rgb(SimpleNamespace(format="png", data=png.tobytes()), 10**6, 10**6)
     np.testing.assert_array_equal(out, RGB)
-    for data in (b"", b"\x89PNG garbage"):
+    truncated = png.tobytes()[:60]  # a valid header, then the data ends
+    for data in (b"", b"\x89PNG garbage", b"\xff\xd8 not a jpeg", b"GIF89a", truncated):
         with pytest.raises(AskError) as err:
-            images.compressed_to_rgb(SimpleNamespace(format="png", data=data), 10**6)
+            images.compressed_to_rgb(SimpleNamespace(format="png", data=data), 10**6, 10**6)
         assert err.value.code == ErrorCode.BAD_IMAGE
+
+
+def _pillow_jpeg(width: int, height: int, **save_args) -> bytes:
+    import io
+
+    from PIL import Image as PilImage
+
+    out = io.BytesIO()
+    PilImage.new("RGB", (width, height), (10, 20, 30)).save(out, "JPEG", **save_args)
+    return out.getvalue()
+
+
+def test_compressed_size_comes_from_the_png_or_jpeg_header():
+    from PIL import Image as PilImage
+
+    exif = PilImage.Exif()
+    exif[0x010E] = "x" * 5000  # ImageDescription: a large APP1 segment before the frame header
+    cases = {
+        "png": cv2.imencode(".png", np.zeros((33, 65, 3), np.uint8))[1].tobytes(),
+        "baseline jpeg": cv2.imencode(".jpg", np.zeros((33, 65, 3), np.uint8))[1].tobytes(),
+        "progressive jpeg": cv2.imencode(".jpg", np.zeros((33, 65, 3), np.uint8),
+                                         [cv2.IMWRITE_JPEG_PROGRESSIVE, 1])[1].tobytes(),
+        "jpeg with exif": _pillow_jpeg(65, 33, exif=exif.tobytes()),
+        "greyscale png": zero_png(65, 33),
+    }
+    for name, data in cases.items():
+        assert images.compressed_size(data) == (65, 33), name
+        assert images.compressed_size(array.array("B", data)) == (65, 33), name  # as rclpy holds it
+
+
+def test_a_decompression_bomb_is_rejected_from_its_header_before_decoding():
+    bomb = SimpleNamespace(format="png", data=zero_png(20000, 20000))  # ~380 KiB -> 1.2 GB of RGB
+    assert len(bomb.data) < 500 * 1024
+    rss_before = _rss_bytes()
+    start = time.perf_counter()
+    with pytest.raises(AskError) as err:
+        images.compressed_to_rgb(bomb, 64 * 2**20, 4096 * 4096)
+    elapsed = time.perf_counter() - start
+    assert err.value.code == ErrorCode.BAD_IMAGE and "20000x20000" in str(err.value)
+    assert elapsed < 0.1 and _rss_bytes() - rss_before < 50 * 2**20
+    # Raw images are held to the same pixel bound (before any conversion).
+    raw = SimpleNamespace(width=5000, height=4000, encoding="rgb8", step=15000, data=b"")
+    with pytest.raises(AskError) as err:
+        images.check_size(raw, False, 4096 * 4096)
+    assert err.value.code == ErrorCode.BAD_IMAGE
+    images.check_size(SimpleNamespace(width=4096, height=4096), False, 4096 * 4096)
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
 def test_fill_image_round_trips():
@@ -98,6 +154,64 @@ def test_box_depth_is_robust_and_scales_to_the_depth_resolution():
     assert box_position(None, k, (0, 0, 1, 1), (200, 200)) is None
     x, y, z = box_position(np.full((200, 200), 2.0, np.float32), k, (99, 99, 101, 101), (200, 200))
     assert (x, y, z) == pytest.approx((0.5 * 2 / 200, 0.5 * 2 / 200, 2.0))
+
+
+def test_invalid_intrinsics_or_depths_give_no_point_never_nan_or_absurd():
+    depth = np.full((100, 100), 2.0, np.float32)
+    good = [100.0, 0.0, 49.5, 0.0, 100.0, 49.5, 0.0, 0.0, 1.0]
+    box, size = (40, 40, 60, 60), (100, 100)
+    assert box_position(depth, good, box, size, (0.1, 20.0)) is not None
+    nan, inf = float("nan"), float("inf")
+    for index, value in ((0, nan), (0, 0.0), (0, -100.0), (4, inf), (4, nan), (2, nan), (5, inf), (5, -inf)):
+        k = list(good)
+        k[index] = value
+        assert box_position(depth, k, box, size, (0.1, 20.0)) is None, (index, value)
+    assert box_position(depth, good[:8], box, size) is None  # a K that is not 3x3
+    absurd = np.full((100, 100), 3e38, np.float32)
+    assert box_position(absurd, good, box, size, (0.1, 20.0)) is None
+    too_near = np.full((100, 100), 0.01, np.float32)
+    assert box_position(too_near, good, box, size, (0.1, 20.0)) is None
+    # Out-of-range readings are no readings: the box's valid ones still give its depth.
+    mixed = np.full((100, 100), 1.5, np.float32)
+    mixed[45:55, 45:55] = 3e38
+    assert box_position(mixed, good, box, size, (0.1, 20.0))[2] == pytest.approx(1.5)
+    # Finite inputs whose result overflows are rejected too.
+    huge_cx = list(good)
+    huge_cx[2] = -1e308
+    assert box_position(depth, huge_cx, box, size, (0.1, 20.0)) is None
+
+
+@pytest.mark.parametrize("question", ["", "   ", "\u200b\u200b", "\u200d\ufeff\u2060", "\u200e\t\n", "\u0301"])
+def test_questions_without_visible_characters_are_invalid(question):
+    with pytest.raises(AskError) as err:
+        check_question(question, NodeParams())
+    assert err.value.code == ErrorCode.INVALID_ARGUMENT
+    with pytest.raises(ValueError):
+        check_standing_query(StandingQuerySpec("", 1.0, question), NodeParams())
+
+
+@pytest.mark.parametrize("question", ["?", "where is the cup?", "\u200bcup", "杯子在哪里", "é"])
+def test_questions_with_visible_characters_are_accepted(question):
+    check_question(question, NodeParams())
+
+
+def test_depth_range_is_a_pair_of_increasing_metres():
+    assert from_mapping(NodeParams, {"depth_range_m": [0, 10]}).depth_range_m == [0.0, 10.0]
+    assert from_mapping(NodeParams, {"depth_range_m": array.array("d", [0.2, 8.0])}).depth_range_m == [0.2, 8.0]
+    for bad in ([1.0], [5.0, 1.0], [1.0, 1.0], [-1.0, 2.0], ["a", "b"], [0.1, float("nan")], 3.0):
+        with pytest.raises(ValueError):
+            from_mapping(NodeParams, {"depth_range_m": bad})
+
+
+def test_receive_counter_counts_sequence_gaps_per_publisher():
+    counter = ReceiveCounter()
+    for origin in (("a", 5), ("a", 6), ("a", 9), ("b", 1), ("b", 3), None, ("a", 10)):
+        counter.count(origin)
+    # a: 7 and 8 never taken; b: 2. The first message of a publisher is no gap (late joiners).
+    assert counter.received == 7 and counter.skipped == 3
+    now = time.monotonic()
+    assert counter.rate_hz(now) == pytest.approx(7 / RATE_WINDOW_S)
+    assert counter.rate_hz(now + RATE_WINDOW_S) == 0.0
 
 
 def test_worker_rejects_when_full_and_answers_everything_it_accepted():

@@ -48,8 +48,12 @@ def diagnostics(node_name: str, stamp, lifecycle_state: str, enabled: bool, back
             continue
         age = frame.age_s()
         stale = max_frame_age_s > 0 and age > max_frame_age_s
-        statuses.append(_status(f"{node_name}: camera {camera}", WARN if stale else OK,
-                                "stale" if stale else "receiving", frame_age_s=f"{age:.2f}",
-                                frames=store.frames_received(camera),
-                                frame_id=frame.header.frame_id))
+        images, depths = store.receive_stats(camera)
+        message = "stale" if stale else f"receiving {images.rate_hz:.1f} Hz, {images.skipped} frames skipped"
+        # skipped: frames the publisher sent that the node never took (sequence-number gaps).
+        statuses.append(_status(f"{node_name}: camera {camera}", WARN if stale else OK, message,
+                                frame_age_s=f"{age:.2f}", frames=images.received,
+                                frames_skipped=images.skipped, receive_rate_hz=f"{images.rate_hz:.1f}",
+                                depth_frames=depths.received, depth_frames_skipped=depths.skipped,
+                                depth_rate_hz=f"{depths.rate_hz:.1f}", frame_id=frame.header.frame_id))
     return DiagnosticArray(header=Header(stamp=stamp), status=statuses)

@@ -8,10 +8,22 @@ unless the node is active and enabled.
 
 Threads: executor callbacks only validate, queue and wait (service/action callbacks are in a
 reentrant group, so run the node in a MultiThreadedExecutor with `executor_threads()`
-threads); the worker thread converts, encodes, generates and publishes.
+threads); the worker thread converts, encodes, generates and publishes. Camera callbacks only
+store the latest message.
+
+Every request gets exactly one reply: the middleware keeps up to `ask_service_depth` /
+`ask_action_depth` requests of a burst until the executor takes them, and each one taken is
+answered at once (BUSY, NOT_READY, a bad argument) or queued and answered later. Shutting down
+(SIGINT, SIGTERM, the lifecycle shutdown transition) first stops accepting and answers what
+was accepted, while the context is still valid (`drain`).
 """
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
+import sys
+import threading
 import time
 import traceback
 from concurrent.futures import Future
@@ -27,7 +39,9 @@ from rclpy.action import ActionServer, CancelResponse
 from rclpy.callback_groups import ReentrantCallbackGroup
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
-from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
+from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy, qos_profile_services_default
+from rclpy.signals import SignalHandlerOptions
+from rclpy.subscription import Subscription
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from std_srvs.srv import SetBool
 from vision_msgs.msg import Detection2DArray
@@ -38,7 +52,7 @@ from lion_ros.ros import messages
 from lion_ros.serving.annotate import annotate
 from lion_ros.ros.diagnostics import diagnostics
 from lion_ros.serving.errors import AskError, ErrorCode
-from lion_ros.serving.frames import FrameStore
+from lion_ros.serving.frames import FrameStore, Origin
 from lion_ros.serving.images import fill_image
 from lion_ros.serving.latency import LatencyWindow
 from lion_ros.ros.markers import markers
@@ -52,6 +66,13 @@ from lion_ros.serving.worker import Job, RequestWorker
 RuntimeFactory = Callable[[NodeParams], LionRuntime]
 _STANDING_TICK_S = 0.05
 _WARMUP_IMAGE = (480, 640)  # rows, cols; any size works, this one exercises a typical resize
+# After the drain (every ask callback returned): time for the executor to send the replies, for
+# action clients to fetch the results of goals that just ended, and for the middleware to
+# deliver them.
+_SHUTDOWN_LINGER_S = 0.3
+# rclpy passes message info (the publisher's sequence number) to two-argument subscription
+# callbacks from Iron on; Humble's rclpy does not, and skipped frames are then not counted.
+_MESSAGE_INFO = hasattr(Subscription, "CallbackType")
 
 
 class LionNode(LifecycleNode):
@@ -73,10 +94,18 @@ class LionNode(LifecycleNode):
         self._latency = LatencyWindow()
         self._standing = StandingSchedule()
 
+        self._in_flight = 0  # ask callbacks between their start and their reply
+        self._in_flight_lock = threading.Lock()
+        self.finalized = threading.Event()  # set by the shutdown transition; main() then exits
+
         group = ReentrantCallbackGroup()
-        self.create_service(Ask, "~/ask", self._on_ask_service, callback_group=group)
+        self.create_service(Ask, "~/ask", self._on_ask_service, callback_group=group,
+                            qos_profile=_request_qos(self.get_parameter("ask_service_depth").value))
+        action_qos = _request_qos(self.get_parameter("ask_action_depth").value)
         self._action = ActionServer(self, AskAction, "~/ask", execute_callback=self._on_ask_action,
-                                    cancel_callback=lambda _goal: CancelResponse.ACCEPT, callback_group=group)
+                                    cancel_callback=lambda _goal: CancelResponse.ACCEPT, callback_group=group,
+                                    goal_service_qos_profile=action_qos, result_service_qos_profile=action_qos,
+                                    cancel_service_qos_profile=action_qos)
         self.create_service(SetBool, "~/enable", self._on_enable)
         self.create_service(SetStandingQueries, "~/set_standing_queries", self._on_set_standing)
         self._detections_pub = self.create_publisher(Detection2DArray, "~/detections", 10)
@@ -154,9 +183,10 @@ class LionNode(LifecycleNode):
         return TransitionCallbackReturn.SUCCESS
 
     def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
-        self.stop_worker()
+        self.drain()
         self._release()
         self._state = "finalized"
+        self.finalized.set()
         return TransitionCallbackReturn.SUCCESS
 
     def _warm_up(self) -> None:
@@ -167,11 +197,27 @@ class LionNode(LifecycleNode):
             num_beams=1, max_new_tokens=1, repetition_penalty=self._params.generation_repetition_penalty))
         self.get_logger().info(f"warm-up took {time.monotonic() - start:.2f} s")
 
-    def stop_worker(self) -> None:
+    def stop_worker(self, reason: str = "the node was deactivated") -> None:
         """Answer queued requests NOT_READY and end the worker thread (before destroy_node)."""
         worker, self._worker = self._worker, None
         if worker is not None:
-            worker.stop()
+            worker.stop(reason)
+
+    def drain(self, timeout_s: float = 1.5) -> bool:
+        """Stop accepting and answer everything accepted: new requests answer NOT_READY, queued
+        and running ones end NOT_READY (or with their answer if it is ready first). Needs the
+        executor still spinning, as it sends the replies. Returns when every ask callback has
+        returned (True) or after `timeout_s` (False)."""
+        self._state = "shutting down"
+        self.stop_worker("the node is shutting down")
+        deadline = time.monotonic() + timeout_s
+        while self.requests_in_flight() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return not self.requests_in_flight()
+
+    def requests_in_flight(self) -> int:
+        with self._in_flight_lock:
+            return self._in_flight
 
     def _release(self) -> None:
         for sub in self._camera_subs:
@@ -195,13 +241,15 @@ class LionNode(LifecycleNode):
             if compressed:
                 subs.append(self.create_subscription(
                     CompressedImage, f"{camera}/image/compressed",
-                    lambda msg, c=camera: store.put_image(c, msg, True), qos))
+                    _counted(lambda msg, origin, c=camera: store.put_image(c, msg, True, origin)), qos))
             else:
                 subs.append(self.create_subscription(
-                    Image, f"{camera}/image", lambda msg, c=camera: store.put_image(c, msg, False), qos))
+                    Image, f"{camera}/image",
+                    _counted(lambda msg, origin, c=camera: store.put_image(c, msg, False, origin)), qos))
             if params.use_depth:
                 subs.append(self.create_subscription(
-                    Image, f"{camera}/depth", lambda msg, c=camera: store.put_depth(c, msg), qos))
+                    Image, f"{camera}/depth",
+                    _counted(lambda msg, origin, c=camera: store.put_depth(c, msg, origin)), qos))
                 subs.append(self.create_subscription(
                     CameraInfo, f"{camera}/camera_info", lambda msg, c=camera: store.put_info(c, msg), qos))
             if params.tags_topic and not params.tags_topic.startswith("/"):
@@ -240,14 +288,28 @@ class LionNode(LifecycleNode):
         job.future.add_done_callback(lambda future: self._publish(request, future))
         return job
 
+    def _counting_in_flight(self, delta: int) -> None:
+        with self._in_flight_lock:
+            self._in_flight += delta
+
     def _on_ask_service(self, req: Ask.Request, res: Ask.Response) -> Ask.Response:
+        self._counting_in_flight(1)
         try:
             _, job, worker = self._accept(req)
             return messages.fill_result(res, worker.wait(job))
         except AskError as exc:
             return messages.fill_result(res, error=exc)
+        finally:
+            self._counting_in_flight(-1)
 
     def _on_ask_action(self, goal: Any) -> AskAction.Result:
+        self._counting_in_flight(1)
+        try:
+            return self._answer_goal(goal)
+        finally:
+            self._counting_in_flight(-1)
+
+    def _answer_goal(self, goal: Any) -> AskAction.Result:
         result = AskAction.Result()
 
         def progress(stage: str, text: str, tokens: int) -> None:
@@ -360,19 +422,71 @@ def _class_ids(msg: Detection2DArray) -> list[str]:
     return [r.hypothesis.class_id for d in msg.detections for r in d.results]
 
 
+def _request_qos(depth: int) -> QoSProfile:
+    """The services' default QoS (reliable, volatile) with a deeper request history: the default
+    keeps the last 10, and a larger burst lost its oldest requests without any reply."""
+    return QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=depth,
+                      reliability=qos_profile_services_default.reliability,
+                      durability=qos_profile_services_default.durability)
+
+
+def _counted(put: Callable[[Any, Origin], None]) -> Callable[..., None]:
+    """A subscription callback that hands `put` the message and who sent it (publisher, sequence
+    number), so skipped frames can be counted; the message only where rclpy has no message info."""
+    if not _MESSAGE_INFO:
+        return lambda msg: put(msg, None)
+
+    def callback(msg: Any, info: dict) -> None:
+        gid, seq = info.get("publisher_gid"), info.get("publication_sequence_number")
+        if seq is None:
+            put(msg, None)
+        else:
+            # Jazzy's rclpy gives the sequence number but no publisher gid: the topic's
+            # publishers are then counted as one (exact for the usual one camera driver).
+            put(msg, (b"" if gid is None else bytes(gid["data"]), seq))
+    return callback
+
+
 def main(args: Optional[list[str]] = None) -> None:
-    rclpy.init(args=args)
+    """Run lion_node until SIGINT, SIGTERM or the lifecycle shutdown transition, drain, and end
+    the process (exit status 0 after a clean shutdown).
+
+    rclpy's own signal handler would shut the context down at once, before the node could answer
+    what it accepted (replies and goal results then fail with "context is invalid"); ours only
+    asks the main thread to drain first. The executor spins on its own thread meanwhile: it
+    sends the replies and goal results of the drain.
+    """
+    rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
+    stop = threading.Event()  # the main thread only reads it (is_set takes no lock)
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
     node = LionNode()
     executor = MultiThreadedExecutor(num_threads=node.executor_threads())
     executor.add_node(node)
+    spinner = threading.Thread(target=_spin, args=(executor,), name="lion-executor", daemon=True)
+    spinner.start()
     try:
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
+        while not stop.is_set() and not node.finalized.is_set() and spinner.is_alive():
+            time.sleep(0.05)
+        if not spinner.is_alive():  # its traceback is already printed
+            raise SystemExit("lion_node: the executor stopped")
+        if not node.finalized.is_set():
+            node.trigger_shutdown()  # the lifecycle transition: drain, release the model
+        time.sleep(_SHUTDOWN_LINGER_S)
     finally:
-        node.stop_worker()
+        executor.shutdown(timeout_sec=1.0)
         node.destroy_node()
         rclpy.try_shutdown()
+    # Everything is answered and closed. What is left is the interpreter tearing down torch and
+    # its kin object by object: 6 s on 2 shared cores, for memory the OS frees at once anyway.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
+
+
+def _spin(executor: MultiThreadedExecutor) -> None:
+    with contextlib.suppress(ExternalShutdownException):
+        executor.spin()
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""Latest frame per camera (with depth, intrinsics and upstream tags) and the cache of encoded frames.
+"""Latest frame per camera (with depth, intrinsics and upstream tags), what each camera's
+topics delivered and skipped, and the cache of encoded frames.
 
 Camera callbacks only store the message (no conversion on the executor thread); the worker
 converts it when a question needs it. Thread-safe: callbacks write, the worker reads.
@@ -7,13 +8,15 @@ from __future__ import annotations
 
 import threading
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import Any, Hashable, Optional, Sequence
 
 
 # An upstream detector can report hundreds of boxes; the soft prompt needs only the distinct names.
 MAX_UPSTREAM_TAGS = 32
+RATE_WINDOW_S = 2.0  # receive rates are over this window
+_RATE_WINDOW_MAX = 1024  # arrival times kept: rates up to 512 Hz are exact
 
 
 @dataclass(frozen=True)
@@ -42,13 +45,57 @@ class Frame:
         return (self.camera, stamp.sec, stamp.nanosec)
 
 
+# Who sent a message and its number in that publisher's sequence (rclpy's message info); None
+# where the middleware or rclpy does not say (Humble's rclpy passes no message info).
+Origin = tuple[Hashable, int] | None
+
+
+class ReceiveCounter:
+    """Messages taken from one topic, and messages its publishers sent that this node never took:
+    gaps in each publisher's sequence numbers, i.e. dropped by the middleware or replaced in the
+    depth-1 queue before the executor took them. Not thread-safe: FrameStore holds its lock."""
+
+    def __init__(self) -> None:
+        self.received = 0
+        self.skipped = 0
+        self._last_seq: dict[Hashable, int] = {}
+        self._arrivals: deque[float] = deque(maxlen=_RATE_WINDOW_MAX)
+
+    def count(self, origin: Origin) -> None:
+        self.received += 1
+        self._arrivals.append(time.monotonic())
+        if origin is not None:
+            publisher, seq = origin
+            last = self._last_seq.get(publisher)
+            if last is not None and seq > last:
+                self.skipped += seq - last - 1
+            self._last_seq[publisher] = seq
+
+    def rate_hz(self, now: float) -> float:
+        """Messages per second over the last RATE_WINDOW_S (up to _RATE_WINDOW_MAX of them)."""
+        recent = 0
+        for arrival in reversed(self._arrivals):
+            if arrival <= now - RATE_WINDOW_S:
+                break
+            recent += 1
+        return recent / RATE_WINDOW_S
+
+
 @dataclass
 class _Camera:
     frame: Optional[Frame] = None
     depth: Any = None  # latest depth Image message
     info: Any = None  # latest CameraInfo message
     tags: list[str] = field(default_factory=list)
-    frames_received: int = 0
+    images: ReceiveCounter = field(default_factory=ReceiveCounter)
+    depths: ReceiveCounter = field(default_factory=ReceiveCounter)
+
+
+@dataclass(frozen=True)
+class ReceiveStats:
+    received: int
+    skipped: int
+    rate_hz: float
 
 
 class FrameStore:
@@ -60,16 +107,18 @@ class FrameStore:
     def cameras(self) -> list[str]:
         return list(self._cameras)
 
-    def put_image(self, camera: str, msg: Any, compressed: bool) -> None:
+    def put_image(self, camera: str, msg: Any, compressed: bool, origin: Origin = None) -> None:
         now = time.monotonic()
         with self._lock:
             cam = self._cameras[camera]
-            cam.frames_received += 1
-            cam.frame = Frame(camera, msg, compressed, now, cam.frames_received)
+            cam.images.count(origin)
+            cam.frame = Frame(camera, msg, compressed, now, cam.images.received)
 
-    def put_depth(self, camera: str, msg: Any) -> None:
+    def put_depth(self, camera: str, msg: Any, origin: Origin = None) -> None:
         with self._lock:
-            self._cameras[camera].depth = msg
+            cam = self._cameras[camera]
+            cam.depths.count(origin)
+            cam.depth = msg
 
     def put_info(self, camera: str, msg: Any) -> None:
         with self._lock:
@@ -93,9 +142,13 @@ class FrameStore:
             cam = self._cameras.get(camera)
             return list(cam.tags) if cam else []
 
-    def frames_received(self, camera: str) -> int:
+    def receive_stats(self, camera: str) -> tuple[ReceiveStats, ReceiveStats]:
+        """(images, depth images) of a camera."""
+        now = time.monotonic()
         with self._lock:
-            return self._cameras[camera].frames_received
+            cam = self._cameras[camera]
+            return tuple(ReceiveStats(c.received, c.skipped, c.rate_hz(now))  # type: ignore[return-value]
+                         for c in (cam.images, cam.depths))
 
 
 class LruCache:

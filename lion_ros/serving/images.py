@@ -6,6 +6,7 @@ sensor reported nothing.
 """
 from __future__ import annotations
 
+import struct
 from typing import Any
 
 import cv2
@@ -55,20 +56,70 @@ def image_to_rgb(msg: Any, max_bytes: int) -> np.ndarray:
     return cv2.cvtColor(pixels, convert)
 
 
-def compressed_to_rgb(msg: Any, max_bytes: int) -> np.ndarray:
-    """sensor_msgs/CompressedImage (jpeg, png, anything cv2.imdecode reads) -> RGB uint8 HxWx3."""
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# JPEG start-of-frame markers (they carry the size): C0-CF except DHT (C4), JPG (C8), DAC (CC).
+_JPEG_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+# JPEG markers without a length field: TEM, RST0-7, SOI.
+_JPEG_STANDALONE = frozenset([0x01, *range(0xD0, 0xD9)])
+
+
+def compressed_size(data: Any) -> tuple[int, int]:
+    """(width, height) from a PNG or JPEG header, without decoding (reads only the header).
+
+    A compressed image is a few hundred KiB that can claim 20000x20000 pixels; knowing the size
+    first is what keeps a decompression bomb from ever being decoded.
+    """
+    view = memoryview(data).cast("B")  # bytes or the message's array('B'): no copy
+    if bytes(view[:8]) == _PNG_SIGNATURE:
+        if len(view) < 24 or bytes(view[12:16]) != b"IHDR":
+            raise AskError(ErrorCode.BAD_IMAGE, "PNG without an IHDR header")
+        return struct.unpack(">II", view[16:24])
+    if bytes(view[:2]) == b"\xff\xd8":
+        pos = 2
+        while pos + 4 <= len(view):
+            if view[pos] != 0xFF:
+                raise AskError(ErrorCode.BAD_IMAGE, f"JPEG header is corrupt at byte {pos}")
+            marker = view[pos + 1]
+            if marker == 0xFF:  # fill byte before a marker
+                pos += 1
+                continue
+            if marker in _JPEG_STANDALONE:
+                pos += 2
+                continue
+            (length,) = struct.unpack(">H", view[pos + 2:pos + 4])
+            if marker in _JPEG_SOF and length >= 7 and pos + 9 <= len(view):
+                height, width = struct.unpack(">HH", view[pos + 5:pos + 9])
+                return width, height
+            if marker == 0xDA or length < 2:  # image data before any frame header
+                break
+            pos += 2 + length
+        raise AskError(ErrorCode.BAD_IMAGE, "JPEG without a frame header (SOF) giving its size")
+    raise AskError(ErrorCode.BAD_IMAGE, "compressed image is neither PNG nor JPEG")
+
+
+def check_size(msg: Any, compressed: bool, max_pixels: int) -> None:
+    """BAD_IMAGE when the image is larger than `max_pixels`: cheap (header fields only), so it
+    runs before a request is queued and a rejected frame never reaches the worker."""
+    if compressed:
+        width, height = compressed_size(msg.data)
+    else:
+        width, height = int(msg.width), int(msg.height)
+    if width * height > max_pixels:
+        raise AskError(ErrorCode.BAD_IMAGE, f"image is {width}x{height} = {width * height} pixels; "
+                                            f"the limit is {max_pixels} (max_image_pixels)")
+
+
+def compressed_to_rgb(msg: Any, max_bytes: int, max_pixels: int) -> np.ndarray:
+    """sensor_msgs/CompressedImage (PNG or JPEG) -> RGB uint8 HxWx3, sized from its header first."""
     data = msg.data
     if len(data) == 0:
         raise AskError(ErrorCode.BAD_IMAGE, "compressed image is empty")
     if len(data) > max_bytes:
         raise AskError(ErrorCode.BAD_IMAGE, f"compressed image has {len(data)} bytes; the limit is {max_bytes}")
-    # OpenCV caps decoded pixels itself (CV_IO_MAX_IMAGE_PIXELS), so a tiny file cannot
-    # exhaust memory; the decoded size is then held to our limit like a raw image.
-    bgr = cv2.imdecode(np.frombuffer(bytes(data), dtype=np.uint8), cv2.IMREAD_COLOR)
+    check_size(msg, True, max_pixels)
+    bgr = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR)
     if bgr is None:
         raise AskError(ErrorCode.BAD_IMAGE, f"compressed image ({msg.format or 'unknown format'}) does not decode")
-    if bgr.nbytes > max_bytes:
-        raise AskError(ErrorCode.BAD_IMAGE, f"compressed image decodes to {bgr.nbytes} bytes; the limit is {max_bytes}")
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import unicodedata
 from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
@@ -35,37 +36,47 @@ class ParamSpec:
     name: str  # ROS name
     attr: str  # dataclass field
     default: Any
-    type: type  # bool, int, float, str or list (of str)
+    type: type  # bool, int, float, str or list
     description: str
-    range: Optional[tuple[float, float]]
+    range: Optional[tuple[float, float]]  # of the value, or of each element of a list
     choices: tuple[str, ...]
+    item_type: type = str  # element type of a list: str or float
 
     def validate(self, value: Any) -> Any:
         """Return `value` coerced to this parameter's type; ValueError when out of range."""
-        if self.type is float and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
         if self.type is list:
-            if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
-                raise ValueError(f"{self.name}: expected a list of strings, got {value!r}")
-            value = list(value)
-        elif not isinstance(value, self.type) or (self.type is int and isinstance(value, bool)):
-            raise ValueError(f"{self.name}: expected {self.type.__name__}, got {value!r}")
-        if self.range is not None and not (self.range[0] <= value <= self.range[1]):
-            raise ValueError(f"{self.name}: {value} is outside [{self.range[0]}, {self.range[1]}]")
+            # Double arrays set through a parameter message arrive as array.array; YAML gives lists.
+            if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__"):
+                raise ValueError(f"{self.name}: expected a list, got {value!r}")
+            value = [_coerce(self.name, v, self.item_type) for v in value]
+        else:
+            value = _coerce(self.name, value, self.type)
+        for item in value if self.type is list else [value]:
+            if self.range is not None and not (self.range[0] <= item <= self.range[1]):
+                raise ValueError(f"{self.name}: {item} is outside [{self.range[0]}, {self.range[1]}]")
         if self.choices and value not in self.choices:
             raise ValueError(f"{self.name}: {value!r} is not one of {', '.join(self.choices)}")
         return value
+
+
+def _coerce(name: str, value: Any, expected: type) -> Any:
+    if expected is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if not isinstance(value, expected) or (expected is not bool and isinstance(value, bool)):
+        raise ValueError(f"{name}: expected {expected.__name__}, got {value!r}")
+    return value
 
 
 def specs(cls: type) -> list[ParamSpec]:
     out = []
     for f in fields(cls):
         default = f.default if f.default is not MISSING else f.default_factory()  # type: ignore[misc]
+        is_list = isinstance(default, list)
         out.append(ParamSpec(
             name=f.metadata.get("name") or f.name, attr=f.name, default=default,
-            type=list if isinstance(default, list) else type(default),
+            type=list if is_list else type(default),
             description=f.metadata["description"], range=f.metadata["range"],
-            choices=f.metadata["choices"]))
+            choices=f.metadata["choices"], item_type=type(default[0]) if is_list and default else str))
     return out
 
 
@@ -91,7 +102,7 @@ def flatten_yaml(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 # How `ros2 param describe` names our Python types.
-_ROS_TYPE_NAMES = {bool: "bool", int: "integer", float: "double", str: "string", list: "string[]"}
+_ROS_TYPE_NAMES = {bool: "bool", int: "integer", float: "double", str: "string"}
 
 
 def markdown_table(cls: type) -> str:
@@ -99,7 +110,7 @@ def markdown_table(cls: type) -> str:
     for s in specs(cls):
         extra = f" Range {s.range[0]}..{s.range[1]}." if s.range else ""
         extra += f" One of: {', '.join(s.choices)}." if s.choices else ""
-        type_name = _ROS_TYPE_NAMES[s.type]
+        type_name = f"{_ROS_TYPE_NAMES[s.item_type]}[]" if s.type is list else _ROS_TYPE_NAMES[s.type]
         cell = f"{s.description}{extra}".replace("|", "\\|")
         rows.append(f"| `{s.name}` | {type_name} | `{s.default!r}` | {cell} |")
     return "\n".join(rows)
@@ -128,7 +139,8 @@ class StandingQuerySpec:
 
 @dataclass
 class NodeParams:
-    """Parameters of lion_node (all read on configure; change them, then cleanup + configure)."""
+    """Parameters of lion_node (read on configure, except the two read at start-up; change
+    them, then cleanup + configure)."""
 
     autostart: bool = param(True, "Configure and activate on start-up, so `ros2 run` just works.")
     model_path: str = param("", "Model directory; empty = the shipped lion-nano "
@@ -152,6 +164,15 @@ class NodeParams:
                                  choices=("best_effort", "reliable"))
     queue_size: int = param(4, "Requests that may wait behind the running one; more are rejected "
                                "with BUSY.", range=(1, 64))
+    ask_service_depth: int = param(256, "Middleware (DDS) history depth of the ~/ask service: requests "
+                                        "that may arrive in one burst before the node takes them. "
+                                        "Each is answered (BUSY past queue_size); past this depth the "
+                                        "middleware drops the oldest without a reply. Read at start-up.",
+                                   range=(1, 65536))
+    ask_action_depth: int = param(256, "Middleware (DDS) history depth of the ~/ask action's goal, "
+                                       "cancel and result services: goals (and result requests) that "
+                                       "may arrive in one burst, as ask_service_depth. Read at start-up.",
+                                  range=(1, 65536))
     request_timeout_s: float = param(30.0, "Default time limit per request, queueing included.",
                                      range=(0.1, 3600.0))
     max_frame_age_s: float = param(2.0, "A camera frame older than this (since it was received) "
@@ -159,8 +180,15 @@ class NodeParams:
     max_question_chars: int = param(512, "Longest accepted question.", range=(1, 65536))
     max_image_bytes: int = param(64 * 1024 * 1024, "Largest accepted image (message data bytes).",
                                  range=(1, 2**31 - 1))
+    max_image_pixels: int = param(4096 * 4096, "Largest accepted image in pixels (width x height), "
+                                                "raw or compressed; a compressed image's size is read "
+                                                "from its PNG/JPEG header, before decoding.",
+                                  range=(1, 2**31 - 1))
     encoded_cache_frames: int = param(4, "Frames whose image features are kept for repeated "
                                          "questions about the same frame.", range=(1, 64))
+    depth_range_m: list = param([0.05, 50.0], "[min, max] depth readings (metres) used for 3D points; "
+                                              "readings outside it count as no reading.",
+                                range=(0.0, 1.0e6))
     generation_num_beams: int = param(1, "Beam width; 1 = greedy, which streams token by token.",
                                       name="generation.num_beams", range=(1, 16))
     generation_max_new_tokens: int = param(64, "Default answer length limit in tokens (a request "
@@ -182,6 +210,8 @@ class NodeParams:
             raise ValueError(f"cameras: need at least one non-empty name without '|', got {self.cameras}")
         if len(set(self.cameras)) != len(self.cameras):
             raise ValueError(f"cameras: duplicate names in {self.cameras}")
+        if len(self.depth_range_m) != 2 or not self.depth_range_m[0] < self.depth_range_m[1]:
+            raise ValueError(f"depth_range_m: need [min, max] with min < max, got {self.depth_range_m}")
         self.standing_query_specs()  # fail at configure, not at the first timer tick
 
     def resolved_model_path(self) -> Path:
@@ -207,13 +237,24 @@ def check_standing_query(query: StandingQuerySpec, params: NodeParams) -> None:
         raise ValueError(f"standing query {query.question!r}: period_s must be > 0")
     if query.camera and query.camera not in params.cameras:
         raise ValueError(f"standing query {query.question!r}: unknown camera {query.camera!r}")
-    if not query.question or len(query.question) > params.max_question_chars:
-        raise ValueError(f"standing query: question must have 1..{params.max_question_chars} characters")
+    if not has_visible_text(query.question) or len(query.question) > params.max_question_chars:
+        raise ValueError(f"standing query: question must have 1..{params.max_question_chars} characters, "
+                         "some of them visible")
+
+
+# Letters, numbers, punctuation and symbols. Not spaces, controls, format characters (zero-width
+# spaces, joiners, direction marks) or combining marks on their own: to a model those are an
+# empty prompt.
+_VISIBLE_CATEGORIES = frozenset("LNPS")
+
+
+def has_visible_text(text: str) -> bool:
+    return any(unicodedata.category(c)[0] in _VISIBLE_CATEGORIES for c in text)
 
 
 def check_question(question: str, params: NodeParams) -> None:
-    if not question.strip():
-        raise AskError(ErrorCode.INVALID_ARGUMENT, "the question is empty")
+    if not has_visible_text(question):
+        raise AskError(ErrorCode.INVALID_ARGUMENT, "the question is empty (no visible characters)")
     if len(question) > params.max_question_chars:
         raise AskError(ErrorCode.INVALID_ARGUMENT,
                        f"the question has {len(question)} characters; the limit is {params.max_question_chars}")

@@ -76,9 +76,13 @@ class RequestHandler:
         tagger = getattr(runtime, "tags", None)  # optional image tagger: tags(rgb) -> list[str]
         self._tagger: Optional[Callable[[np.ndarray], Sequence[str]]] = tagger if callable(tagger) else None
         self._tag_lock = threading.Lock()
+        self._depth: dict[str, tuple[Any, np.ndarray]] = {}  # camera -> (depth message, metres)
+        self._depth_lock = threading.Lock()
 
     def clear_cache(self) -> None:
         self._encoded.clear()
+        with self._depth_lock:
+            self._depth.clear()
 
     def prepare(self, question: str, camera: str = "", image: Any = None, tags: Sequence[str] = (),
                 task: int = 0, max_new_tokens: int = 0, timeout_s: float = 0.0) -> Request:
@@ -100,6 +104,7 @@ class RequestHandler:
         else:
             camera = camera or self.store.cameras[0]
             frame = self.latest_frame(camera)
+        images.check_size(frame.msg, frame.compressed, p.max_image_pixels)
         settings = GenerationSettings(num_beams=p.generation_num_beams,
                                       max_new_tokens=max_new_tokens or p.generation_max_new_tokens,
                                       repetition_penalty=p.generation_repetition_penalty)
@@ -145,7 +150,7 @@ class RequestHandler:
 
     def _to_rgb(self, frame: Frame) -> np.ndarray:
         if frame.compressed:
-            return images.compressed_to_rgb(frame.msg, self.params.max_image_bytes)
+            return images.compressed_to_rgb(frame.msg, self.params.max_image_bytes, self.params.max_image_pixels)
         return images.image_to_rgb(frame.msg, self.params.max_image_bytes)
 
     def _tagger_tags(self, entry: _EncodedFrame) -> list[str]:
@@ -161,8 +166,22 @@ class RequestHandler:
         if not answer.boxes or depth_msg is None or info is None:
             return [None] * len(answer.boxes)
         try:
-            depth = images.depth_to_metres(depth_msg, self.params.max_image_bytes)
+            depth = self._depth_metres(camera, depth_msg)
         except AskError:
             return [None] * len(answer.boxes)  # a bad depth image costs the 3D points, not the answer
         k = scaled_k(list(info.k), (info.width, info.height), (width, height))
-        return [box_position(depth, k, (b.x1, b.y1, b.x2, b.y2), (width, height)) for b in answer.boxes]
+        depth_range = (self.params.depth_range_m[0], self.params.depth_range_m[1])
+        return [box_position(depth, k, (b.x1, b.y1, b.x2, b.y2), (width, height), depth_range)
+                for b in answer.boxes]
+
+    def _depth_metres(self, camera: str, msg: Any) -> np.ndarray:
+        """The depth message in metres, converted once per message (questions about one frame
+        share it)."""
+        with self._depth_lock:
+            cached = self._depth.get(camera)
+            if cached is not None and cached[0] is msg:
+                return cached[1]
+        depth = images.depth_to_metres(msg, self.params.max_image_bytes)
+        with self._depth_lock:
+            self._depth[camera] = (msg, depth)
+        return depth

@@ -100,8 +100,9 @@ class RequestWorker:
                 if poll:
                     poll()
 
-    def stop(self) -> None:
-        """Answer queued jobs NOT_READY, stop the running one, end the thread."""
+    def stop(self, reason: str = "the node was deactivated") -> None:
+        """Refuse new jobs, answer queued ones NOT_READY (`reason`), stop the running one (it
+        ends NOT_READY at its next cancel check, or with its result), end the thread."""
         with self._cond:
             self._stopping = True
             pending, self._jobs = list(self._jobs), deque()
@@ -110,7 +111,7 @@ class RequestWorker:
             self._cond.notify_all()
         for job in pending:
             self.stats.dropped += 1
-            job.future.set_exception(AskError(ErrorCode.NOT_READY, "the node was deactivated"))
+            job.future.set_exception(AskError(ErrorCode.NOT_READY, reason))
         self._thread.join(timeout=10.0)
 
     def _loop(self) -> None:
