@@ -6,7 +6,6 @@ one stamp and frame_id per tick, so depth and intrinsics match the colour frame 
 from __future__ import annotations
 
 import time
-from typing import Optional
 
 import numpy as np
 import rclpy
@@ -15,9 +14,9 @@ from rclpy.node import Node
 from sensor_msgs.msg import CameraInfo, Image
 
 from lion_ros.data.synthetic import Scene, SceneConfig, render_scene, scene_seed
+from lion_ros.ros.declare import declare, read
 from lion_ros.serving.images import fill_image
 from lion_ros.serving.parameters import SyntheticCameraParams
-from lion_ros.ros.declare import declare, read
 
 
 def render(params: SyntheticCameraParams, index: int) -> Scene:
@@ -35,9 +34,10 @@ class SyntheticCamera(Node):
         self._depth_pub = self.create_publisher(Image, f"{p.camera}/depth", 2)
         self._info_pub = self.create_publisher(CameraInfo, f"{p.camera}/camera_info", 2)
         self._start = time.monotonic()
-        self._index: Optional[int] = None
+        self._index: int | None = None
         self._messages: tuple = ()
-        self.scene: Optional[Scene] = None
+        self.scene: Scene | None = None
+        self.frames_published = 0  # ticks (image + depth + camera_info); bench/soak.py reports it
         self.create_timer(1.0 / p.rate_hz, self._tick)
         self.get_logger().info(f"publishing {p.width}x{p.height} scenes at {p.rate_hz} Hz on "
                                f"{self._image_pub.topic_name} (+ depth, camera_info), frame {p.frame_id}")
@@ -52,6 +52,7 @@ class SyntheticCamera(Node):
         for msg, pub in zip(self._messages, (self._image_pub, self._depth_pub, self._info_pub)):
             msg.header.stamp = stamp
             pub.publish(msg)
+        self.frames_published += 1
 
     def _build(self, scene: Scene) -> tuple[Image, Image, CameraInfo]:
         frame_id = self.params.frame_id
@@ -68,7 +69,7 @@ class SyntheticCamera(Node):
         return image, depth_msg, info
 
 
-def main(args: Optional[list[str]] = None) -> None:
+def main(args: list[str] | None = None) -> None:
     rclpy.init(args=args)
     node = SyntheticCamera()
     try:
