@@ -14,7 +14,7 @@ BAR = {"rec_acc@0.5": 0.90, "spatial_yesno_acc": 0.95, "counting_acc": 0.90, "at
 # The card's evaluation table: row label -> lion-eval summary metric.
 CARD_ROWS = {
     "REC acc@IoU 0.5": "rec_acc@0.5",
-    "spatial yes/no": "spatial_yesno_acc",
+    "spatial yes/no (strict)": "spatial_yesno_acc",
     "counting": "counting_acc",
     "attributes": "attribute_acc",
     "caption CIDEr": "caption_cider",
