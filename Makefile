@@ -20,6 +20,8 @@ bootstrap:
 demo: bootstrap
 	@$(VENV)/bin/python -m lion_ros.ros.demo
 
-## Run the test suite (CPU only; GPU tests skip with a reason). No test collected is a failure.
+## Lint (ruff, configured in pyproject.toml), then the test suite (CPU only; GPU tests skip with
+## a reason). No test collected is a failure.
 test: bootstrap
+	@$(VENV)/bin/ruff check --quiet .
 	@$(VENV)/bin/python -m pytest $(PYTEST_ARGS)

@@ -3,10 +3,11 @@
   ros2 launch lion_ros demo.launch.py
   lion-ask-ros "where is the red cup?"
 """
-from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
+
+from launch import LaunchDescription
 
 
 def generate_launch_description():
@@ -15,7 +16,8 @@ def generate_launch_description():
         DeclareLaunchArgument("camera", default_value="camera", description="Camera name."),
         DeclareLaunchArgument("rate_hz", default_value="5.0", description="Synthetic camera rate."),
         DeclareLaunchArgument("scene_period_s", default_value="10.0", description="Seconds per synthetic scene."),
-        DeclareLaunchArgument("model_path", default_value="", description="Model directory; empty = shipped lion-nano."),
+        DeclareLaunchArgument("model_path", default_value="",
+                              description="Model directory; empty = shipped lion-nano."),
         DeclareLaunchArgument("device", default_value="cpu", description="cpu | cuda."),
         Node(
             package="lion_ros", executable="synthetic_camera", name="synthetic_camera", output="screen",

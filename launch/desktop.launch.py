@@ -5,10 +5,11 @@
 import os
 
 from ament_index_python.packages import get_package_share_directory
-from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
+
+from launch import LaunchDescription
 
 
 def generate_launch_description():
@@ -16,7 +17,8 @@ def generate_launch_description():
     return LaunchDescription([
         DeclareLaunchArgument("namespace", default_value="", description="Namespace of lion_node."),
         DeclareLaunchArgument("params_file", default_value=config, description="lion_node parameter file."),
-        DeclareLaunchArgument("model_path", default_value="", description="Model directory; empty = shipped lion-nano."),
+        DeclareLaunchArgument("model_path", default_value="",
+                              description="Model directory; empty = shipped lion-nano."),
         DeclareLaunchArgument("backend", default_value="pytorch", description="pytorch | onnxruntime | tensorrt."),
         DeclareLaunchArgument("device", default_value="cuda", description="cpu | cuda."),
         DeclareLaunchArgument("precision", default_value="auto", description="auto | fp32 | mixed | fp16."),

@@ -71,7 +71,7 @@ fi
 # 3. lion_ros in place: the repository is on sys.path (compat editable mode adds a plain path
 # entry, which keeps lion_ros a namespace shared with the generated interfaces). Done before the
 # interface build because pip would uninstall the lion_ros distribution that build registers.
-src_hash=$(hash_of "$repo/setup.py")
+src_hash=$(hash_of "$repo/pyproject.toml" "$repo/setup.py")
 if ! stamp_matches "$venv/.lion_editable" "$src_hash"; then
   log "installing lion_ros in editable mode"
   "$py" -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation \

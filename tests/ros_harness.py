@@ -10,23 +10,24 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Any, Callable, Optional
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import rclpy
+from lifecycle_msgs.srv import ChangeState, GetState
 from rclpy.action import ActionClient
 from rclpy.executors import MultiThreadedExecutor, SingleThreadedExecutor
 from rclpy.parameter import Parameter
 from rclpy.qos import QoSProfile, ReliabilityPolicy
+from sensor_msgs.msg import CameraInfo, Image
+from std_srvs.srv import SetBool
 
 from lion_ros.action import Ask as AskAction
 from lion_ros.api import Answer, GroundedBox, StageTimings, TaskKind
 from lion_ros.ros.node import LionNode
 from lion_ros.runtime.base import EncodedImage, RequestCancelled
 from lion_ros.srv import Ask, SetStandingQueries
-from lifecycle_msgs.srv import ChangeState, GetState
-from std_srvs.srv import SetBool
-from sensor_msgs.msg import CameraInfo, Image
 
 # The red cup occupies x in [0.25, 0.5) and y in [0.5, 1.0) of any image it is asked about.
 CUP_BOX = (0.25, 0.5, 0.5, 1.0)
@@ -41,7 +42,7 @@ class ScriptedRuntime:
         self.token_delay_s = token_delay_s
         self.encodes = 0
         self.questions: list[tuple[str, tuple[str, ...]]] = []
-        self.fail_on: Optional[str] = None  # a question that raises inside the "model"
+        self.fail_on: str | None = None  # a question that raises inside the "model"
         self._lock = threading.Lock()
 
     def encode_image(self, rgb: np.ndarray) -> EncodedImage:
@@ -194,7 +195,7 @@ class Harness:
         wait_for(lambda: publisher_node.count_subscribers(topic) > 1, what=f"{topic} to match")
         return received
 
-    def send_frame(self, camera: str = "camera", msg: Any = None, topic: Optional[str] = None) -> Any:
+    def send_frame(self, camera: str = "camera", msg: Any = None, topic: str | None = None) -> Any:
         """Publish until the node holds this frame; returns the message."""
         if msg is None:
             self._stamp += 1

@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 
 from lion_ros.api import TaskKind
-from lion_ros.prompts import infer_task
 from lion_ros.data.sample import SampleDataset
 from lion_ros.data.synthetic import (
     COLOURS,
@@ -26,6 +25,7 @@ from lion_ros.data.synthetic import (
     spatial_relation,
 )
 from lion_ros.eval.metrics import parse_boxes, parse_yes_no
+from lion_ros.prompts import infer_task
 
 BOX = r"\d\.\d{3},\d\.\d{3},\d\.\d{3},\d\.\d{3}"
 REC_TARGET = re.compile(rf"^Answer: \[{BOX}\]$")
@@ -84,7 +84,7 @@ def test_visible_boxes_and_depth_agree(seed):
         fx1, fy1, fx2, fy2 = obj.full_box
         x1, y1, x2, y2 = obj.box
         assert fx1 <= x1 < x2 <= fx2 and fy1 <= y1 < y2 <= fy2
-        assert 0 <= x1 and x2 <= cfg.width and 0 <= y1 and y2 <= cfg.height
+        assert x1 >= 0 and x2 <= cfg.width and y1 >= 0 and y2 <= cfg.height
         assert obj.visible_fraction >= cfg.min_visible_fraction
         covered[ys, xs] = True
     th = math.radians(cfg.camera_pitch_deg)
@@ -96,7 +96,8 @@ def test_visible_boxes_and_depth_agree(seed):
         dx = (u - intr.cx) / intr.fx
         t_table = cfg.camera_height_m / (math.cos(th) * dy + math.sin(th))
         forward = t_table * (-math.sin(th) * dy + math.cos(th))
-        expected = t_table if forward <= cfg.table_length_m else cfg.table_length_m / (-math.sin(th) * dy + math.cos(th))
+        expected = (t_table if forward <= cfg.table_length_m
+                    else cfg.table_length_m / (-math.sin(th) * dy + math.cos(th)))
         assert scene.depth[v, u] == pytest.approx(expected, rel=1e-4), (u, v, dx)
 
 
@@ -281,7 +282,8 @@ def test_template_questions_and_answers_are_what_the_shipped_lineage_trained_on(
 def test_config_from_yaml_style_dict():
     cfg = SyntheticConfig.from_dict({
         "base_seed": 3,
-        "scene": {"width": 320, "height": 240, "heldout_pairs": [["red", "bowl"]], "categories": ["cup", "bowl", "ball"]},
+        "scene": {"width": 320, "height": 240, "heldout_pairs": [["red", "bowl"]],
+                  "categories": ["cup", "bowl", "ball"]},
         "tasks": {"rec": 5},
     })
     assert cfg.scene.heldout_pairs == (("red", "bowl"),)
@@ -448,7 +450,8 @@ def test_spatial_relations_restricts_the_relations_asked_and_keeps_the_labels_ri
     for s in SyntheticDataset("train", 8, only_left):
         if s.task_name != "yesno":
             continue
-        assert re.fullmatch(rf"Is (?:it true that )?the .+? (?:is )?(?:{left_phrases}) the .+\?", s.question), s.question
+        pattern = rf"Is (?:it true that )?the .+? (?:is )?(?:{left_phrases}) the .+\?"
+        assert re.fullmatch(pattern, s.question), s.question
         (ax0, _, ax1, _), (bx0, _, bx1, _) = s.evidence
         assert ((ax0 + ax1) < (bx0 + bx1)) is s.yes_no  # the first object's centre is the left one
         verdicts.add(s.yes_no)

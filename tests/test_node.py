@@ -13,19 +13,21 @@ import pytest
 rclpy = pytest.importorskip("rclpy", reason="rclpy comes from scripts/bootstrap.sh (make test)")
 pytestmark = pytest.mark.ros
 
-from action_msgs.msg import GoalStatus  # noqa: E402
-from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
-from lifecycle_msgs.msg import Transition  # noqa: E402
-from lifecycle_msgs.srv import ChangeState, GetState  # noqa: E402
-from sensor_msgs.msg import CameraInfo, CompressedImage, Image  # noqa: E402
-from std_srvs.srv import SetBool  # noqa: E402
-from vision_msgs.msg import Detection2D, Detection2DArray, ObjectHypothesisWithPose  # noqa: E402
-from visualization_msgs.msg import Marker, MarkerArray  # noqa: E402
+import itertools
 
-from lion_ros.action import Ask as AskAction  # noqa: E402
-from lion_ros.msg import ErrorCode, SceneAnswer, StandingQuery  # noqa: E402
-from lion_ros.srv import SetStandingQueries  # noqa: E402
-from ros_harness import CUP_BOX, ScriptedRuntime, result_of, rgb_image, wait_for  # noqa: E402
+from action_msgs.msg import GoalStatus
+from diagnostic_msgs.msg import DiagnosticArray
+from lifecycle_msgs.msg import Transition
+from lifecycle_msgs.srv import ChangeState, GetState
+from ros_harness import CUP_BOX, ScriptedRuntime, result_of, rgb_image, wait_for
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image
+from std_srvs.srv import SetBool
+from vision_msgs.msg import Detection2D, Detection2DArray, ObjectHypothesisWithPose
+from visualization_msgs.msg import Marker, MarkerArray
+
+from lion_ros.action import Ask as AskAction
+from lion_ros.msg import ErrorCode, SceneAnswer, StandingQuery
+from lion_ros.srv import SetStandingQueries
 
 
 @pytest.fixture()
@@ -89,12 +91,13 @@ def test_action_streams_partial_answers(make_harness):
     assert harness.action_client.wait_for_server(timeout_sec=10.0)
     feedback = []
     goal = AskAction.Goal(question="where is the red cup?")
-    handle = result_of(harness.action_client.send_goal_async(goal, feedback_callback=lambda m: feedback.append(m.feedback)))
+    sent = harness.action_client.send_goal_async(goal, feedback_callback=lambda m: feedback.append(m.feedback))
+    handle = result_of(sent)
     wrapped = result_of(handle.get_result_async())
     assert wrapped.status == GoalStatus.STATUS_SUCCEEDED and wrapped.result.success
     decoding = [f.partial_answer for f in feedback if f.stage == "decoding"]
     assert feedback[0].stage == "queued" and len(decoding) == 4
-    assert all(b.startswith(a) for a, b in zip(decoding, decoding[1:]))
+    assert all(b.startswith(a) for a, b in itertools.pairwise(decoding))
     assert decoding[-1] == wrapped.result.answer
     assert len(wrapped.result.detections.detections) == 1
 
@@ -126,17 +129,17 @@ def test_each_error_has_its_code_and_the_node_keeps_serving(make_harness):
     wrong_size.data = wrong_size.data[:-5]
     harness.runtime.fail_on = "explode"
     cases = [
-        (dict(question=""), ErrorCode.INVALID_ARGUMENT),
-        (dict(question="   "), ErrorCode.INVALID_ARGUMENT),
-        (dict(question="x" * 41), ErrorCode.INVALID_ARGUMENT),
-        (dict(question="what?", task=7), ErrorCode.INVALID_ARGUMENT),
-        (dict(question="what?", camera="nowhere"), ErrorCode.UNKNOWN_CAMERA),
-        (dict(question="what?", camera="quiet"), ErrorCode.NO_FRAME),
-        (dict(question="what?", camera="old"), ErrorCode.STALE_FRAME),
-        (dict(question="what?", image=bad_encoding), ErrorCode.UNSUPPORTED_ENCODING),
-        (dict(question="what?", image=wrong_size), ErrorCode.BAD_IMAGE),
-        (dict(question="explode"), ErrorCode.INTERNAL),
-        (dict(question="explode"), ErrorCode.INTERNAL),  # logged once, still answered
+        ({"question": ""}, ErrorCode.INVALID_ARGUMENT),
+        ({"question": "   "}, ErrorCode.INVALID_ARGUMENT),
+        ({"question": "x" * 41}, ErrorCode.INVALID_ARGUMENT),
+        ({"question": "what?", "task": 7}, ErrorCode.INVALID_ARGUMENT),
+        ({"question": "what?", "camera": "nowhere"}, ErrorCode.UNKNOWN_CAMERA),
+        ({"question": "what?", "camera": "quiet"}, ErrorCode.NO_FRAME),
+        ({"question": "what?", "camera": "old"}, ErrorCode.STALE_FRAME),
+        ({"question": "what?", "image": bad_encoding}, ErrorCode.UNSUPPORTED_ENCODING),
+        ({"question": "what?", "image": wrong_size}, ErrorCode.BAD_IMAGE),
+        ({"question": "explode"}, ErrorCode.INTERNAL),
+        ({"question": "explode"}, ErrorCode.INTERNAL),  # logged once, still answered
     ]
     for fields, code in cases:
         res = harness.ask(**fields)
@@ -157,7 +160,7 @@ def test_compressed_transport_and_a_corrupt_image(make_harness):
     harness.send_frame("camera", corrupt, topic="/camera/image/compressed")
     res = harness.ask("where is the red cup?")
     assert not res.success and res.error_code == ErrorCode.BAD_IMAGE
-    ok, jpeg = cv2.imencode(".jpg", np.full((240, 320, 3), 128, np.uint8))
+    _ok, jpeg = cv2.imencode(".jpg", np.full((240, 320, 3), 128, np.uint8))
     good = CompressedImage(format="jpeg", data=jpeg.tobytes())
     good.header.stamp.sec, good.header.frame_id = 6, "remote_cam"
     harness.send_frame("camera", good, topic="/camera/image/compressed")

@@ -7,11 +7,11 @@ import pytest
 pytest.importorskip("rclpy", reason="rclpy comes from scripts/bootstrap.sh (make test)")
 pytestmark = pytest.mark.ros
 
-from ros_harness import Harness, rgb_image  # noqa: E402
+from ros_harness import Harness, rgb_image
 
-from lion_ros.msg import ErrorCode  # noqa: E402
-from lion_ros.serving.parameters import NodeParams  # noqa: E402
-from lion_ros.serving.runtime_factory import make_runtime  # noqa: E402
+from lion_ros.msg import ErrorCode
+from lion_ros.serving.parameters import NodeParams
+from lion_ros.serving.runtime_factory import make_runtime
 
 
 def ask_both(harness: Harness):
@@ -38,8 +38,8 @@ def test_node_answers_with_a_real_backend(model_dir, backend, tmp_path, monkeypa
     assert len(region.detections.detections) >= 1
     for det in region.detections.detections:
         box = det.bbox
-        assert 0 <= box.center.position.x - box.size_x / 2 and box.center.position.x + box.size_x / 2 <= 640
-        assert 0 <= box.center.position.y - box.size_y / 2 and box.center.position.y + box.size_y / 2 <= 360
+        assert box.center.position.x - box.size_x / 2 >= 0 and box.center.position.x + box.size_x / 2 <= 640
+        assert box.center.position.y - box.size_y / 2 >= 0 and box.center.position.y + box.size_y / 2 <= 360
         assert det.results[0].hypothesis.class_id == "red cup"
         assert 0.0 < det.results[0].hypothesis.score <= 1.0
     assert image.success and image.task == 1

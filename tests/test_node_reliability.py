@@ -25,23 +25,23 @@ import pytest
 rclpy = pytest.importorskip("rclpy", reason="rclpy comes from scripts/bootstrap.sh (make test)")
 pytestmark = pytest.mark.ros
 
-from action_msgs.msg import GoalStatus  # noqa: E402
-from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
-from hostile_images import zero_png  # noqa: E402
-from lifecycle_msgs.msg import Transition  # noqa: E402
-from lifecycle_msgs.srv import ChangeState, GetState  # noqa: E402
-from rcl_interfaces.msg import ParameterType, ParameterValue  # noqa: E402
-from rcl_interfaces.msg import Parameter as ParameterMsg  # noqa: E402
-from rcl_interfaces.srv import SetParameters  # noqa: E402
-from rclpy.action import ActionClient  # noqa: E402
-from rclpy.executors import SingleThreadedExecutor  # noqa: E402
-from ros_harness import ScriptedRuntime, result_of, rgb_image, wait_for  # noqa: E402
-from sensor_msgs.msg import CameraInfo, CompressedImage, Image  # noqa: E402
+from action_msgs.msg import GoalStatus
+from diagnostic_msgs.msg import DiagnosticArray
+from hostile_images import zero_png
+from lifecycle_msgs.msg import Transition
+from lifecycle_msgs.srv import ChangeState, GetState
+from rcl_interfaces.msg import Parameter as ParameterMsg
+from rcl_interfaces.msg import ParameterType, ParameterValue
+from rcl_interfaces.srv import SetParameters
+from rclpy.action import ActionClient
+from rclpy.executors import SingleThreadedExecutor
+from ros_harness import ScriptedRuntime, result_of, rgb_image, wait_for
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 
-from lion_ros.action import Ask as AskAction  # noqa: E402
-from lion_ros.msg import ErrorCode  # noqa: E402
-from lion_ros.serving.runtime_factory import make_runtime  # noqa: E402
-from lion_ros.srv import Ask  # noqa: E402
+from lion_ros.action import Ask as AskAction
+from lion_ros.msg import ErrorCode
+from lion_ros.serving.runtime_factory import make_runtime
+from lion_ros.srv import Ask
 
 REPO = Path(__file__).resolve().parents[1]
 BURST = 50  # far above queue_size (4) and above the middleware's default history (10)

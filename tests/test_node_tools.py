@@ -10,14 +10,16 @@ import pytest
 rclpy = pytest.importorskip("rclpy", reason="rclpy comes from scripts/bootstrap.sh (make test)")
 pytestmark = pytest.mark.ros
 
-from rclpy.executors import SingleThreadedExecutor  # noqa: E402
-from rclpy.parameter import Parameter  # noqa: E402
-from sensor_msgs.msg import CameraInfo, Image  # noqa: E402
+from rclpy.executors import SingleThreadedExecutor
+from rclpy.parameter import Parameter
+from ros_harness import Harness, wait_for
+from sensor_msgs.msg import CameraInfo, Image
 
-from lion_ros.ros import demo  # noqa: E402
-from lion_ros.ros import ask_client  # noqa: E402
-from lion_ros.ros.synthetic_camera import SyntheticCamera  # noqa: E402
-from ros_harness import Harness, wait_for  # noqa: E402
+from lion_ros.ros import (
+    ask_client,
+    demo,
+)
+from lion_ros.ros.synthetic_camera import SyntheticCamera
 
 
 @pytest.fixture()

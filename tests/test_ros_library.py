@@ -10,17 +10,23 @@ from types import SimpleNamespace
 import cv2
 import numpy as np
 import pytest
-
 from hostile_images import zero_png
+
+from lion_ros.runtime.base import RequestCancelled
 from lion_ros.serving import images
 from lion_ros.serving.depth import box_depth, box_position, scaled_k
 from lion_ros.serving.errors import AskError, ErrorCode
 from lion_ros.serving.frames import RATE_WINDOW_S, LruCache, ReceiveCounter
-from lion_ros.serving.parameters import (NodeParams, StandingQuerySpec, check_question, check_standing_query,
-                                         from_mapping, specs)
+from lion_ros.serving.parameters import (
+    NodeParams,
+    StandingQuerySpec,
+    check_question,
+    check_standing_query,
+    from_mapping,
+    specs,
+)
 from lion_ros.serving.standing import StandingSchedule
 from lion_ros.serving.worker import RequestWorker
-from lion_ros.runtime.base import RequestCancelled
 
 RGB = np.arange(5 * 7 * 3, dtype=np.uint8).reshape(5, 7, 3)
 
@@ -76,7 +82,7 @@ def test_bad_images_raise_their_codes():
 
 
 def test_compressed_images_decode_and_corrupt_ones_are_bad():
-    ok, png = cv2.imencode(".png", RGB[:, :, ::-1])
+    _ok, png = cv2.imencode(".png", RGB[:, :, ::-1])
     out = images.compressed_to_rgb(SimpleNamespace(format="png", data=png.tobytes()), 10**6, 10**6)
     np.testing.assert_array_equal(out, RGB)
     truncated = png.tobytes()[:60]  # a valid header, then the data ends
@@ -383,6 +389,7 @@ def test_make_runtime_reports_missing_tensorrt_cleanly(tmp_path):
     if importlib.util.find_spec("tensorrt") is not None:
         pytest.skip("tensorrt is installed here; this checks the message where it is absent")
     from tiny_lion import save_model_dir, tiny_model, tiny_tokenizers
+
     from lion_ros.serving.runtime_factory import RuntimeUnavailable, make_runtime
 
     tokenizers = tiny_tokenizers()

@@ -20,8 +20,9 @@ from __future__ import annotations
 import functools
 import math
 from collections import OrderedDict
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, fields
-from typing import Any, Callable, Iterator, Mapping, Optional, Sequence
+from typing import Any
 
 import cv2
 import numpy as np
@@ -144,7 +145,7 @@ class TaskMix:
         return sum(getattr(self, f.name) for f in fields(self))
 
     @classmethod
-    def only(cls, counts: Mapping[str, int]) -> "TaskMix":
+    def only(cls, counts: Mapping[str, int]) -> TaskMix:
         """Exactly the tasks named (the others yield nothing), as a config's `tasks:` reads.
 
         A partial mapping does not inherit the defaults: `{spatial: 1}` means spatial questions
@@ -194,7 +195,7 @@ class SyntheticConfig:
                              f"got {list(self.spatial_relations)}")
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "SyntheticConfig":
+    def from_dict(cls, data: Mapping[str, Any]) -> SyntheticConfig:
         data = dict(data)
         return cls(
             scene=SceneConfig(**data.pop("scene", {})),
@@ -266,7 +267,7 @@ class Scene:
 
     @property
     def tags(self) -> list[str]:
-        return sorted({o.category for o in self.objects}) + ["table"]
+        return [*sorted({o.category for o in self.objects}), "table"]
 
 
 def scene_seed(split: str, index: int, base_seed: int = 0) -> int:
@@ -317,7 +318,7 @@ def _render_background(
     config: SceneConfig, intr: Intrinsics, table: str, rng: np.random.Generator, gain_u: np.ndarray, gain_v: np.ndarray
 ) -> np.ndarray:
     """Wall + textured table, rendered at half resolution (texture is smooth) and upsampled."""
-    depth, is_table, lateral, forward = _background_geometry(
+    _depth, is_table, lateral, forward = _background_geometry(
         intr.width, intr.height, intr.fx, intr.cx, intr.cy,
         config.camera_height_m, config.camera_pitch_deg, config.table_length_m,
     )
@@ -350,7 +351,9 @@ def _poly(points: Sequence[tuple[float, float]], bx: float, by: float, s: float)
     return np.array([[round(bx + px * s), round(by - py * s)] for px, py in points], np.int32)
 
 
-def _draw_silhouette(category: str, s: float, rgb: np.ndarray, patch: np.ndarray, mask: np.ndarray, bx: float, by: float) -> None:
+def _draw_silhouette(
+    category: str, s: float, rgb: np.ndarray, patch: np.ndarray, mask: np.ndarray, bx: float, by: float
+) -> None:
     """Draw one object into `patch` (float RGB) and `mask` with its base centre at (bx, by).
 
     Flat colours per part; the caller adds curvature shading and the outline.
@@ -475,8 +478,8 @@ def _place(config: SceneConfig, intr: Intrinsics, triples: list[tuple[str, str, 
             if hi <= lo:
                 continue
             u = rng.uniform(lo, hi)
-            roi = (int(math.floor(u - left * s)) - 1, int(math.floor(v - up * s)) - 1,
-                   int(math.ceil(u + right * s)) + 2, int(math.ceil(v + down * s)) + 2)
+            roi = (math.floor(u - left * s) - 1, math.floor(v - up * s) - 1,
+                   math.ceil(u + right * s) + 2, math.ceil(v + down * s) + 2)
             if roi[1] < 0 or roi[3] > intr.height:
                 continue
             area = (roi[2] - roi[0]) * (roi[3] - roi[1])
@@ -498,7 +501,7 @@ def _place(config: SceneConfig, intr: Intrinsics, triples: list[tuple[str, str, 
 def _render_objects(
     config: SceneConfig, placed: list[_Placed], rgb: np.ndarray, depth: np.ndarray,
     gain_u: np.ndarray, gain_v: np.ndarray, rng: np.random.Generator,
-) -> Optional[list[SceneObject]]:
+) -> list[SceneObject] | None:
     """Painter's-order compositing; None when some object ends up too occluded."""
     owner = np.full(depth.shape, -1, np.int16)
     order = sorted(range(len(placed)), key=lambda i: -placed[i].position_m[2])
@@ -547,7 +550,7 @@ def _render_objects(
     return objects
 
 
-def render_scene(seed: int, config: Optional[SceneConfig] = None, split: str = "train") -> Scene:
+def render_scene(seed: int, config: SceneConfig | None = None, split: str = "train") -> Scene:
     """Render one scene; identical pixels, depth and objects for identical arguments."""
     config = config or SceneConfig()
     if split not in SPLIT_CODES:
@@ -584,7 +587,7 @@ OBJECT_LABEL_NAMES: tuple[tuple[str, ...], ...] = (CATEGORIES, tuple(COLOURS), S
 OBJECT_LABEL_KINDS: tuple[str, ...] = ("category", "colour", "size")  # what each column names
 
 
-def label_kind(word: str) -> Optional[str]:
+def label_kind(word: str) -> str | None:
     """Which OBJECT_LABEL_KINDS `word` names ("cup" -> category), or None; an attribute
     question's answer says exactly what it asked about."""
     for kind, names in zip(OBJECT_LABEL_KINDS, OBJECT_LABEL_NAMES):
@@ -680,7 +683,7 @@ RELATION_PHRASES: dict[str, tuple[str, ...]] = {
 _DEPTH_MARGIN_M = 0.06
 
 
-def _describe(obj: SceneObject, attrs: Sequence[str], noun: Optional[str] = None) -> str:
+def _describe(obj: SceneObject, attrs: Sequence[str], noun: str | None = None) -> str:
     words = [obj.size] if "size" in attrs else []
     if "colour" in attrs:
         words.append(obj.colour)
@@ -705,7 +708,7 @@ def _unique_forms(obj: SceneObject, objects: Sequence[SceneObject], exclude: Seq
     return forms
 
 
-def spatial_relation(rel: str, a: SceneObject, b: SceneObject) -> Optional[bool]:
+def spatial_relation(rel: str, a: SceneObject, b: SceneObject) -> bool | None:
     """Whether `a` is `rel` (left/right/front/behind) of `b` as seen from the camera: True or
     False when clear, None when too close to call (such pairs are never asked about)."""
     if rel in ("left", "right"):
@@ -728,7 +731,7 @@ class _SceneSampler:
     """Builds the samples of one scene; every random choice goes through `rng`."""
 
     def __init__(self, scene: Scene, rng: np.random.Generator, heldout: Sequence[tuple[str, str]],
-                 variety_seed: Optional[int], id_prefix: str, spatial_answer: str = "plain",
+                 variety_seed: int | None, id_prefix: str, spatial_answer: str = "plain",
                  spatial_relations: Sequence[str] = tuple(RELATION_PHRASES), phrasing: str = "templates") -> None:
         self.scene = scene
         self.phrasing = phrasing
@@ -795,7 +798,7 @@ class _SceneSampler:
                     else prompts.grounded_caption_prompt(self._template(slot)))
         return self._sample(slot, question, TaskKind.REGION, "grounded_caption", text, self.objs, regions=regions)
 
-    def spatial(self, slot: int) -> Optional[Sample]:
+    def spatial(self, slot: int) -> Sample | None:
         want = bool(self.rng.random() < 0.5)
         candidates: dict[bool, list[tuple[SceneObject, SceneObject, str]]] = {True: [], False: []}
         for a in self.objs:
@@ -858,7 +861,7 @@ class _SceneSampler:
         n = len(counted)
         return self._sample(slot, question, TaskKind.IMAGE, "count", str(n), counted, count=n)
 
-    def attribute(self, slot: int) -> Optional[Sample]:
+    def attribute(self, slot: int) -> Sample | None:
         kinds = ["colour", "size", "category"]
         self.rng.shuffle(kinds)
         for kind in kinds:
@@ -961,8 +964,8 @@ def _check_phrasing(phrasing: str, split: str) -> None:
         raise ValueError("held-out phrasings are for evaluation only: no train scene is ever asked in them")
 
 
-def generate_samples(scene: Scene, tasks: Optional[TaskMix] = None, heldout: Sequence[tuple[str, str]] = DEFAULT_HELDOUT,
-                     variety_seed: Optional[int] = 0, id_prefix: Optional[str] = None,
+def generate_samples(scene: Scene, tasks: TaskMix | None = None, heldout: Sequence[tuple[str, str]] = DEFAULT_HELDOUT,
+                     variety_seed: int | None = 0, id_prefix: str | None = None,
                      spatial_answer: str = "plain",
                      spatial_relations: Sequence[str] = tuple(RELATION_PHRASES),
                      phrasing: str = "templates") -> list[Sample]:
@@ -977,7 +980,7 @@ def generate_samples(scene: Scene, tasks: Optional[TaskMix] = None, heldout: Seq
     sampler = _SceneSampler(scene, np.random.default_rng([scene.seed, 1]), heldout, variety_seed,
                             id_prefix or f"synthetic/{scene.split}/{scene.seed}", spatial_answer, spatial_relations,
                             phrasing)
-    makers: dict[str, Callable[[int], Optional[Sample]]] = {
+    makers: dict[str, Callable[[int], Sample | None]] = {
         "caption": sampler.caption, "spatial": sampler.spatial, "count": sampler.count,
         "attribute": sampler.attribute, "rec": sampler.rec, "reg": sampler.reg,
         "grounded_caption": sampler.grounded_caption, "find_all": sampler.find_all,
@@ -997,7 +1000,7 @@ class SyntheticDataset:
     because consecutive indices usually hit the same scene.
     """
 
-    def __init__(self, split: str, num_scenes: int, config: Optional[SyntheticConfig] = None,
+    def __init__(self, split: str, num_scenes: int, config: SyntheticConfig | None = None,
                  first_scene: int = 0, cache_size: int = 4) -> None:
         if split not in SPLIT_CODES:
             raise ValueError(f"unknown split {split!r}; expected one of {sorted(SPLIT_CODES)}")

@@ -9,14 +9,15 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from typing import Any, Callable, Optional, TextIO
+from collections.abc import Callable
+from typing import Any, TextIO
 
 EXIT_OK, EXIT_ANSWER_ERROR, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 TASK_CHOICES = {"auto": 0, "image": 1, "region": 2}
 _RESEND_S = 2.0
 
 
-def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="lion-ask-ros", description="Ask lion_node a question about what a camera sees.",
         epilog="Example: lion-ask-ros \"where is the red cup?\" --camera front")
@@ -121,11 +122,12 @@ def ask(client: Any, executor: Any, goal: Any, timeout_s: float, on_feedback: Ca
     return result.result().result
 
 
-def main(argv: Optional[list[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     import rclpy
     from rclpy.action import ActionClient
     from rclpy.executors import SingleThreadedExecutor
+
     from lion_ros.action import Ask as AskAction
     from lion_ros.serving.errors import ErrorCode
 

@@ -13,12 +13,12 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 EXIT_OK, EXIT_FAILED, EXIT_MISSING = 0, 1, 2
 
 
-def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m lion_ros.ros.demo", description=__doc__.splitlines()[0])
     parser.add_argument("--model-path", default="", help="model directory (default: the shipped lion-nano)")
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
@@ -36,7 +36,7 @@ def scripted_questions(scene: Any) -> list[tuple[str, str, str]]:
     return [(s.task_name, s.question, s.answer) for s in generate_samples(scene, mix, variety_seed=None)]
 
 
-def main(argv: Optional[list[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from lion_ros.serving.parameters import SHIPPED_MODEL
 
@@ -57,9 +57,9 @@ def main(argv: Optional[list[str]] = None) -> int:
 
     from lion_ros.action import Ask as AskAction
     from lion_ros.ros.ask_client import StreamPrinter, Unreachable, ask, format_result
-    from lion_ros.serving.errors import ErrorCode
     from lion_ros.ros.node import LionNode
     from lion_ros.ros.synthetic_camera import SyntheticCamera
+    from lion_ros.serving.errors import ErrorCode
 
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -1,8 +1,6 @@
 """The node's state as diagnostic_msgs/DiagnosticArray (one status per concern)."""
 from __future__ import annotations
 
-from typing import Optional
-
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from std_msgs.msg import Header
 
@@ -19,7 +17,7 @@ def _status(name: str, level: bytes, message: str, **values: object) -> Diagnost
 
 
 def diagnostics(node_name: str, stamp, lifecycle_state: str, enabled: bool, backend: str,
-                runtime_error: str, worker: Optional[RequestWorker], store: Optional[FrameStore],
+                runtime_error: str, worker: RequestWorker | None, store: FrameStore | None,
                 latency: LatencyWindow, max_frame_age_s: float) -> DiagnosticArray:
     statuses = []
     if runtime_error:

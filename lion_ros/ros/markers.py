@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 import copy
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from builtin_interfaces.msg import Duration
 from visualization_msgs.msg import Marker, MarkerArray

@@ -1,12 +1,13 @@
 """Outcomes and errors as ROS messages: Ask responses/results, SceneAnswer, Detection2DArray."""
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence
+from collections.abc import Sequence
+from typing import Any
 
-from lion_ros.msg import Position3D, SceneAnswer, Timings
 from vision_msgs.msg import Detection2D, Detection2DArray, ObjectHypothesisWithPose
 
 from lion_ros.api import GroundedBox
+from lion_ros.msg import Position3D, SceneAnswer, Timings
 from lion_ros.serving.errors import AskError, ErrorCode
 from lion_ros.serving.requests import TASK_VALUES, Outcome, Position
 
@@ -46,7 +47,7 @@ def timings(outcome: Outcome) -> Timings:
                    image_features_reused=outcome.image_features_reused)
 
 
-def fill_result(result: Any, outcome: Optional[Outcome] = None, error: Optional[AskError] = None,
+def fill_result(result: Any, outcome: Outcome | None = None, error: AskError | None = None,
                 request_id: str = "") -> Any:
     """Fill an Ask.Response, Ask action Result or SceneAnswer from an outcome or an error."""
     if outcome is not None:
@@ -65,10 +66,11 @@ def fill_result(result: Any, outcome: Optional[Outcome] = None, error: Optional[
     return result
 
 
-def scene_answer(outcome: Optional[Outcome], error: Optional[AskError], request: Any) -> SceneAnswer:
+def scene_answer(outcome: Outcome | None, error: AskError | None, request: Any) -> SceneAnswer:
     msg = fill_result(SceneAnswer(), outcome, error, request.request_id)
     msg.header = request.frame.header
-    msg.camera, msg.question, msg.tags = request.camera, request.question, list(outcome.tags if outcome else request.tags)
+    msg.camera, msg.question = request.camera, request.question
+    msg.tags = list(outcome.tags if outcome else request.tags)
     if outcome is None:
         msg.task = TASK_VALUES.get(request.task, 0)
     return msg

@@ -26,15 +26,13 @@ import sys
 import threading
 import time
 import traceback
+from collections.abc import Callable
 from concurrent.futures import Future
-from typing import Any, Callable, Optional
+from typing import Any
 
 import numpy as np
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray
-from lion_ros.action import Ask as AskAction
-from lion_ros.msg import SceneAnswer
-from lion_ros.srv import Ask, SetStandingQueries
 from rclpy.action import ActionServer, CancelResponse
 from rclpy.callback_groups import ReentrantCallbackGroup
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
@@ -47,21 +45,24 @@ from std_srvs.srv import SetBool
 from vision_msgs.msg import Detection2DArray
 from visualization_msgs.msg import MarkerArray
 
-from lion_ros.runtime.base import GenerationSettings, LionRuntime
+from lion_ros.action import Ask as AskAction
+from lion_ros.msg import SceneAnswer
 from lion_ros.ros import messages
-from lion_ros.serving.annotate import annotate
+from lion_ros.ros.declare import declare, read
 from lion_ros.ros.diagnostics import diagnostics
+from lion_ros.ros.markers import markers
+from lion_ros.runtime.base import GenerationSettings, LionRuntime
+from lion_ros.serving.annotate import annotate
 from lion_ros.serving.errors import AskError, ErrorCode
 from lion_ros.serving.frames import FrameStore, Origin
 from lion_ros.serving.images import fill_image
 from lion_ros.serving.latency import LatencyWindow
-from lion_ros.ros.markers import markers
 from lion_ros.serving.parameters import NodeParams, StandingQuerySpec, check_standing_query
 from lion_ros.serving.requests import TASKS, Outcome, Request, RequestHandler
-from lion_ros.ros.declare import declare, read
 from lion_ros.serving.runtime_factory import RuntimeUnavailable, make_runtime
 from lion_ros.serving.standing import StandingSchedule
 from lion_ros.serving.worker import Job, RequestWorker
+from lion_ros.srv import Ask, SetStandingQueries
 
 RuntimeFactory = Callable[[NodeParams], LionRuntime]
 _STANDING_TICK_S = 0.05
@@ -84,12 +85,12 @@ class LionNode(LifecycleNode):
         self._runtime_factory = runtime_factory
         self._state = "unconfigured"
         self._enabled = True
-        self._params: Optional[NodeParams] = None
-        self._runtime: Optional[LionRuntime] = None
+        self._params: NodeParams | None = None
+        self._runtime: LionRuntime | None = None
         self._runtime_error = ""
-        self._store: Optional[FrameStore] = None
-        self._pipeline: Optional[RequestHandler] = None
-        self._worker: Optional[RequestWorker] = None
+        self._store: FrameStore | None = None
+        self._pipeline: RequestHandler | None = None
+        self._worker: RequestWorker | None = None
         self._camera_subs: list[Any] = []
         self._latency = LatencyWindow()
         self._standing = StandingSchedule()
@@ -120,7 +121,7 @@ class LionNode(LifecycleNode):
             self.trigger_activate()
 
     @property
-    def frames(self) -> Optional[FrameStore]:
+    def frames(self) -> FrameStore | None:
         """Latest frames per camera (None unless configured)."""
         return self._store
 
@@ -142,7 +143,7 @@ class LionNode(LifecycleNode):
             self._runtime_error = str(exc)
             self.get_logger().error(f"cannot load the model: {exc}")
             return TransitionCallbackReturn.FAILURE
-        except Exception as exc:  # noqa: BLE001 - report any loader failure as a failed transition
+        except Exception as exc:
             self._runtime_error = f"{type(exc).__name__}: {exc}"
             self.get_logger().error(f"loading the model failed:\n{traceback.format_exc()}")
             return TransitionCallbackReturn.FAILURE
@@ -162,7 +163,7 @@ class LionNode(LifecycleNode):
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
         try:
             self._warm_up()
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             self._runtime_error = f"warm-up failed: {type(exc).__name__}: {exc}"
             self.get_logger().error(self._runtime_error)
             return TransitionCallbackReturn.FAILURE
@@ -267,7 +268,7 @@ class LionNode(LifecycleNode):
 
     # Asking -------------------------------------------------------------------------------
 
-    def _accept(self, req: Any, progress: Optional[Callable[[str, str, int], None]] = None
+    def _accept(self, req: Any, progress: Callable[[str, str, int], None] | None = None
                 ) -> tuple[Request, Job, RequestWorker]:
         """Validate and queue a request; raises AskError for anything answered at once."""
         worker, pipeline = self._worker, self._pipeline
@@ -282,7 +283,9 @@ class LionNode(LifecycleNode):
             progress("queued", "", 0)
         return request, self._submit(worker, pipeline, request), worker
 
-    def _submit(self, worker: RequestWorker, pipeline: RequestHandler, request: Request, only_if_idle: bool = False) -> Job:
+    def _submit(
+        self, worker: RequestWorker, pipeline: RequestHandler, request: Request, only_if_idle: bool = False
+    ) -> Job:
         job = worker.submit(lambda j: pipeline.run(request, j.cancel, j.accepted, j.queue_ms),
                             request.timeout_s, only_if_idle=only_if_idle)
         job.future.add_done_callback(lambda future: self._publish(request, future))
@@ -352,8 +355,8 @@ class LionNode(LifecycleNode):
         if self._markers_pub.get_subscription_count() > 0:
             self._markers_pub.publish(markers(header, request.camera or "image", boxes, outcome.positions))
         t = outcome.answer.timings
-        stages = dict(queue_ms=outcome.queue_ms, prefill_ms=t.prefill_ms, decode_ms=t.decode_ms,
-                      total_ms=outcome.total_ms)
+        stages = {"queue_ms": outcome.queue_ms, "prefill_ms": t.prefill_ms, "decode_ms": t.decode_ms,
+                  "total_ms": outcome.total_ms}
         if not outcome.image_features_reused:
             stages["image_encode_ms"] = t.image_encode_ms
         self._latency.add(**stages)
@@ -398,7 +401,7 @@ class LionNode(LifecycleNode):
             return
         now = time.monotonic()
 
-        def latest_seq(camera: str) -> Optional[int]:
+        def latest_seq(camera: str) -> int | None:
             frame = store.latest(camera)
             return frame.seq if frame is not None else None
 
@@ -447,7 +450,7 @@ def _counted(put: Callable[[Any, Origin], None]) -> Callable[..., None]:
     return callback
 
 
-def main(args: Optional[list[str]] = None) -> None:
+def main(args: list[str] | None = None) -> None:
     """Run lion_node until SIGINT, SIGTERM or the lifecycle shutdown transition, drain, and end
     the process (exit status 0 after a clean shutdown).
 

@@ -1,7 +1,7 @@
 """Boxes and labels drawn on an RGB image (for the ~/annotated topic and the demo)."""
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import cv2
 import numpy as np
@@ -12,13 +12,13 @@ _COLOURS = [(230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48), (145, 3
 
 
 def annotate(rgb: np.ndarray, boxes: Sequence[GroundedBox], caption: str = "",
-             positions: Optional[Sequence[Optional[tuple[float, float, float]]]] = None) -> np.ndarray:
+             positions: Sequence[tuple[float, float, float] | None] | None = None) -> np.ndarray:
     out = rgb.copy()
     scale = max(0.4, min(out.shape[:2]) / 800.0)
     thickness = max(1, round(scale * 2))
     for i, box in enumerate(boxes):
         colour = _COLOURS[i % len(_COLOURS)]
-        p1, p2 = (int(round(box.x1)), int(round(box.y1))), (int(round(box.x2)), int(round(box.y2)))
+        p1, p2 = (round(box.x1), round(box.y1)), (round(box.x2), round(box.y2))
         cv2.rectangle(out, p1, p2, colour, thickness)
         label = f"{box.phrase} {box.score:.2f}"
         position = positions[i] if positions else None

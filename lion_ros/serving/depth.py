@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -16,7 +16,7 @@ ANY_DEPTH: DepthRange = (0.0, math.inf)
 
 
 def _median_in(depth_m: np.ndarray, x1: float, y1: float, x2: float, y2: float,
-               depth_range: DepthRange) -> Optional[float]:
+               depth_range: DepthRange) -> float | None:
     h, w = depth_m.shape
     c0, c1 = int(np.clip(np.floor(x1), 0, w)), int(np.clip(np.ceil(x2), 0, w))
     r0, r1 = int(np.clip(np.floor(y1), 0, h)), int(np.clip(np.ceil(y2), 0, h))
@@ -27,7 +27,7 @@ def _median_in(depth_m: np.ndarray, x1: float, y1: float, x2: float, y2: float,
 
 
 def box_depth(depth_m: np.ndarray, box: Sequence[float], image_size: tuple[int, int],
-              depth_range: DepthRange = ANY_DEPTH) -> Optional[float]:
+              depth_range: DepthRange = ANY_DEPTH) -> float | None:
     """Robust depth (metres) of a box given in pixels of an image of `image_size` (w, h).
 
     The depth image may have another resolution (registered, same field of view): the box is
@@ -63,9 +63,9 @@ def intrinsics_valid(k: Sequence[float] | None) -> bool:
     return fx > 0 and fy > 0 and all(math.isfinite(v) for v in (fx, cx, fy, cy))
 
 
-def box_position(depth_m: Optional[np.ndarray], k: Optional[Sequence[float]],
+def box_position(depth_m: np.ndarray | None, k: Sequence[float] | None,
                  box: Sequence[float], image_size: tuple[int, int],
-                 depth_range: DepthRange = ANY_DEPTH) -> Optional[tuple[float, float, float]]:
+                 depth_range: DepthRange = ANY_DEPTH) -> tuple[float, float, float] | None:
     """Point (x, y, z) in metres at the box centre; None without depth, usable intrinsics, a
     valid reading in `depth_range`, or a finite result."""
     if depth_m is None or not intrinsics_valid(k):

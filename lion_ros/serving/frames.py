@@ -9,9 +9,9 @@ from __future__ import annotations
 import threading
 import time
 from collections import OrderedDict, deque
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Hashable, Optional, Sequence
-
+from typing import Any
 
 # An upstream detector can report hundreds of boxes; the soft prompt needs only the distinct names.
 MAX_UPSTREAM_TAGS = 32
@@ -31,10 +31,10 @@ class Frame:
     def header(self) -> Any:
         return self.msg.header
 
-    def age_s(self, now: Optional[float] = None) -> float:
+    def age_s(self, now: float | None = None) -> float:
         return (time.monotonic() if now is None else now) - self.received
 
-    def cache_key(self) -> Optional[Hashable]:
+    def cache_key(self) -> Hashable | None:
         """Same camera and stamp = same frame. Unstamped frames (stamp 0) are told apart by
         arrival; request images are never cached."""
         if self.seq < 0:
@@ -83,7 +83,7 @@ class ReceiveCounter:
 
 @dataclass
 class _Camera:
-    frame: Optional[Frame] = None
+    frame: Frame | None = None
     depth: Any = None  # latest depth Image message
     info: Any = None  # latest CameraInfo message
     tags: list[str] = field(default_factory=list)
@@ -128,7 +128,7 @@ class FrameStore:
         with self._lock:
             self._cameras[camera].tags = list(dict.fromkeys(t for t in tags if t))[:MAX_UPSTREAM_TAGS]
 
-    def latest(self, camera: str) -> Optional[Frame]:
+    def latest(self, camera: str) -> Frame | None:
         with self._lock:
             return self._cameras[camera].frame
 
@@ -159,14 +159,14 @@ class LruCache:
         self._items: OrderedDict[Hashable, Any] = OrderedDict()
         self._lock = threading.Lock()
 
-    def get(self, key: Optional[Hashable]) -> Any:
+    def get(self, key: Hashable | None) -> Any:
         with self._lock:
             if key is None or key not in self._items:
                 return None
             self._items.move_to_end(key)
             return self._items[key]
 
-    def put(self, key: Optional[Hashable], value: Any) -> None:
+    def put(self, key: Hashable | None, value: Any) -> None:
         if key is None:
             return
         with self._lock:

@@ -10,9 +10,10 @@ from __future__ import annotations
 import dataclasses
 import math
 import unicodedata
+from collections.abc import Mapping, Sequence
 from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any
 
 from lion_ros.api import GenerationSettings, model_generation_defaults
 from lion_ros.runtime.backends import BACKENDS
@@ -22,8 +23,8 @@ PACKAGE_DIR = Path(__file__).resolve().parents[1]
 SHIPPED_MODEL = PACKAGE_DIR / "assets" / "lion-nano"
 
 
-def param(default: Any, description: str, *, name: Optional[str] = None,
-          range: Optional[tuple[float, float]] = None, choices: Sequence[str] = ()) -> Any:
+def param(default: Any, description: str, *, name: str | None = None,
+          range: tuple[float, float] | None = None, choices: Sequence[str] = ()) -> Any:
     """A dataclass field that is also a ROS parameter."""
     meta = {"description": description, "name": name, "range": range, "choices": tuple(choices)}
     if isinstance(default, list):
@@ -38,7 +39,7 @@ class ParamSpec:
     default: Any
     type: type  # bool, int, float, str or list
     description: str
-    range: Optional[tuple[float, float]]  # of the value, or of each element of a list
+    range: tuple[float, float] | None  # of the value, or of each element of a list
     choices: tuple[str, ...]
     item_type: type = str  # element type of a list: str or float
 
@@ -124,7 +125,7 @@ class StandingQuerySpec:
     task: int = 0  # Ask TASK_* value
 
     @classmethod
-    def parse(cls, text: str) -> "StandingQuerySpec":
+    def parse(cls, text: str) -> StandingQuerySpec:
         """Parse the parameter encoding "camera|period_s|question" (camera may be empty)."""
         parts = text.split("|", 2)
         if len(parts) != 3:
@@ -217,7 +218,7 @@ class NodeParams:
     def resolved_model_path(self) -> Path:
         return Path(self.model_path).expanduser() if self.model_path else SHIPPED_MODEL
 
-    def with_model_defaults(self) -> "NodeParams":
+    def with_model_defaults(self) -> NodeParams:
         """These parameters with `generation.repetition_penalty` 0 replaced by the model's own."""
         if self.generation_repetition_penalty > 0:
             return self

@@ -10,8 +10,9 @@ import math
 import threading
 import time
 import uuid
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -24,7 +25,7 @@ from lion_ros.serving.frames import Frame, FrameStore, LruCache
 from lion_ros.serving.parameters import NodeParams, check_question, specs
 
 # Ask TASK_* values <-> the runtime's task kinds (TASK_AUTO = let the runtime infer it).
-TASKS: dict[int, Optional[TaskKind]] = {0: None, 1: TaskKind.IMAGE, 2: TaskKind.REGION}
+TASKS: dict[int, TaskKind | None] = {0: None, 1: TaskKind.IMAGE, 2: TaskKind.REGION}
 TASK_VALUES: dict[TaskKind, int] = {TaskKind.IMAGE: 1, TaskKind.REGION: 2}
 # Called with (stage, partial answer, tokens so far); stage is "encoding" or "decoding".
 Progress = Callable[[str, str, int], None]
@@ -32,7 +33,7 @@ Progress = Callable[[str, str, int], None]
 _MAX_NEW_TOKENS = next(s for s in specs(NodeParams) if s.name == "generation.max_new_tokens").range[1]
 _MAX_TIMEOUT_S = next(s for s in specs(NodeParams) if s.name == "request_timeout_s").range[1]
 
-Position = Optional[tuple[float, float, float]]
+Position = tuple[float, float, float] | None
 
 
 @dataclass
@@ -41,11 +42,11 @@ class Request:
     camera: str  # resolved camera name; "" for an image sent with the request
     frame: Frame
     tags: list[str]
-    task: Optional[TaskKind]
+    task: TaskKind | None
     settings: GenerationSettings
     timeout_s: float
     request_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
-    progress: Optional[Progress] = None
+    progress: Progress | None = None
 
 
 @dataclass
@@ -64,7 +65,7 @@ class Outcome:
 class _EncodedFrame:
     rgb: np.ndarray
     encoded: EncodedImage
-    tagger_tags: Optional[list[str]] = None
+    tagger_tags: list[str] | None = None
 
 
 class RequestHandler:
@@ -74,7 +75,7 @@ class RequestHandler:
         self.runtime = runtime
         self._encoded = LruCache(params.encoded_cache_frames)
         tagger = getattr(runtime, "tags", None)  # optional image tagger: tags(rgb) -> list[str]
-        self._tagger: Optional[Callable[[np.ndarray], Sequence[str]]] = tagger if callable(tagger) else None
+        self._tagger: Callable[[np.ndarray], Sequence[str]] | None = tagger if callable(tagger) else None
         self._tag_lock = threading.Lock()
         self._depth: dict[str, tuple[Any, np.ndarray]] = {}  # camera -> (depth message, metres)
         self._depth_lock = threading.Lock()
@@ -127,7 +128,7 @@ class RequestHandler:
     def run(self, request: Request, cancel: threading.Event, accepted: float, queue_ms: float) -> Outcome:
         """Answer on the worker thread; raises AskError or RequestCancelled."""
         frame = request.frame
-        entry: Optional[_EncodedFrame] = self._encoded.get(frame.cache_key())
+        entry: _EncodedFrame | None = self._encoded.get(frame.cache_key())
         reused = entry is not None
         if entry is None:
             if request.progress:

@@ -1,9 +1,9 @@
 """Build the node's LionRuntime from its parameters (see lion_ros.runtime.backends)."""
 from __future__ import annotations
 
-from lion_ros.serving.parameters import NodeParams
 from lion_ros.runtime.backends import BACKEND_CLASSES, load_runtime, runtime_class
 from lion_ros.runtime.base import LionRuntime
+from lion_ros.serving.parameters import NodeParams
 
 __all__ = ["BACKEND_CLASSES", "RuntimeUnavailable", "make_runtime"]
 

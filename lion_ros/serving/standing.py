@@ -3,8 +3,8 @@ last one answered, so a 30 Hz camera never means 30 generations a second."""
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Optional, Sequence
 
 from lion_ros.serving.parameters import StandingQuerySpec
 
@@ -30,7 +30,7 @@ class StandingSchedule:
         with self._lock:
             return [s.query for s in self._states]
 
-    def due(self, now: float, latest_seq: Callable[[str], Optional[int]]) -> list[tuple[StandingQuerySpec, int]]:
+    def due(self, now: float, latest_seq: Callable[[str], int | None]) -> list[tuple[StandingQuerySpec, int]]:
         """Queries whose period has passed and whose camera has a new frame, with that frame's seq.
 
         Call `started` for the ones actually submitted; the others stay due.

@@ -10,10 +10,11 @@ import threading
 import time
 import traceback
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout  # not the builtin before 3.11
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional
+from typing import Any
 
 from lion_ros.runtime.base import RequestCancelled
 from lion_ros.serving.errors import AskError, ErrorCode
@@ -21,13 +22,13 @@ from lion_ros.serving.errors import AskError, ErrorCode
 
 @dataclass
 class Job:
-    fn: Callable[["Job"], Any]
+    fn: Callable[[Job], Any]
     deadline: float  # time.monotonic()
     accepted: float = field(default_factory=time.monotonic)
-    started: Optional[float] = None
+    started: float | None = None
     cancel: threading.Event = field(default_factory=threading.Event)
     future: Future = field(default_factory=Future)
-    cancel_code: Optional[ErrorCode] = None
+    cancel_code: ErrorCode | None = None
 
     def cancel_with(self, code: ErrorCode) -> None:
         """Ask the job to stop; the first reason given is the one reported."""
@@ -55,7 +56,7 @@ class RequestWorker:
         self._queue_size = queue_size
         self._log_error = log_error
         self._jobs: deque[Job] = deque()
-        self._running: Optional[Job] = None
+        self._running: Job | None = None
         self._cond = threading.Condition()
         self._stopping = False
         self._logged_errors: set[str] = set()
@@ -83,7 +84,7 @@ class RequestWorker:
             self._cond.notify()
             return job
 
-    def wait(self, job: Job, poll: Optional[Callable[[], None]] = None) -> Any:
+    def wait(self, job: Job, poll: Callable[[], None] | None = None) -> Any:
         """Block until the job's outcome (result or AskError), calling `poll` about every 50 ms.
 
         A job whose runtime ignores its cancel event is abandoned a second after its deadline
@@ -147,7 +148,7 @@ class RequestWorker:
             job.future.set_exception(AskError(code, f"generation stopped: {code.name.lower()}"))
         except AskError as exc:
             job.future.set_exception(exc)
-        except Exception as exc:  # noqa: BLE001 - a runtime failure must not end the service
+        except Exception as exc:
             self._internal_error(job, exc)
         finally:
             timer.cancel()
