@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -242,9 +243,18 @@ def test_pip_install_gives_the_library_without_ros(tmp_path):
         for m in mods:
             __import__(m)
         assert not any(name.startswith("rclpy") for name in sys.modules)
-        print("ok", lion_ros.__file__, *mods)
+        print("ok", lion_ros.__file__, lion_ros.__version__, *mods)
         """
     )
     out = subprocess.run([str(py), "-c", probe], capture_output=True, text=True, cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
     assert str(venv) in out.stdout
+    # One version source: package.xml's, as the installed distribution reports it.
+    version = re.search(r"<version>([^<]+)</version>", (REPO / "package.xml").read_text()).group(1)
+    assert out.stdout.split()[2] == version
+    # The wheel carries the model a user loads, not the evaluation dumps or the stage-0 overlay.
+    installed = Path(out.stdout.split()[1]).parent / "assets" / "lion-nano"
+    shipped = {p.relative_to(installed).as_posix() for p in installed.rglob("*") if p.is_file()}
+    assert {"model.safetensors", "config.json", "generation_config.json", "MODEL_CARD.md",
+            "tokenizer/tokenizer.json", "qformer_tokenizer/tokenizer.json"} <= shipped
+    assert not any(name.startswith("eval/") for name in shipped) and "stage0.safetensors" not in shipped
