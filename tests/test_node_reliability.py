@@ -17,6 +17,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -53,13 +54,14 @@ def _rss_bytes() -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
-def _round_trip(client) -> None:
+def _round_trip(client, request: Any = None) -> None:
     """One call answered: discovery is complete both ways. Fast DDS drops a reply to a client
     whose reader the server has not matched yet (ros2/rmw_fastrtps#392), which a loaded machine
-    shows right after wait_for_service; the bursts below test the node, not discovery."""
-    assert client.wait_for_service(timeout_sec=60.0), "~/ask not discovered"
+    shows right after wait_for_service; the tests below test the node, not discovery. `request`
+    (default: an Ask) must be one that may be sent again."""
+    assert client.wait_for_service(timeout_sec=60.0), f"{client.srv_name} not discovered"
     for _ in range(3):
-        future = client.call_async(Ask.Request(question="what?"))
+        future = client.call_async(request if request is not None else Ask.Request(question="what?"))
         try:
             result_of(future, 10.0)
             return
@@ -326,6 +328,10 @@ def test_a_model_that_fails_to_load_leaves_the_node_reconfigurable(make_harness,
     harness = make_harness(runtime_factory=make_runtime, autostart=False, model_path=str(broken),
                            use_depth=False)
     harness.wait_for_services("change_state_client", "get_state_client")
+    # Activating an unconfigured node is refused and changes nothing: safe to repeat.
+    refused = ChangeState.Request(transition=Transition(id=Transition.TRANSITION_ACTIVATE))
+    _round_trip(harness.change_state_client, refused)
+    _round_trip(harness.get_state_client, GetState.Request())
 
     def transition(tid: int) -> bool:
         request = ChangeState.Request(transition=Transition(id=tid))
