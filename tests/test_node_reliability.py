@@ -328,9 +328,11 @@ def test_a_model_that_fails_to_load_leaves_the_node_reconfigurable(make_harness,
     harness = make_harness(runtime_factory=make_runtime, autostart=False, model_path=str(broken),
                            use_depth=False)
     harness.wait_for_services("change_state_client", "get_state_client")
-    # Activating an unconfigured node is refused and changes nothing: safe to repeat.
-    refused = ChangeState.Request(transition=Transition(id=Transition.TRANSITION_ACTIVATE))
-    _round_trip(harness.change_state_client, refused)
+    # Configuring with the broken model fails and leaves the node unconfigured, so it may be sent
+    # again until a reply comes. (Not an invalid transition: Jazzy's rclpy raises on one, in the
+    # node's executor thread.)
+    configure = ChangeState.Request(transition=Transition(id=Transition.TRANSITION_CONFIGURE))
+    _round_trip(harness.change_state_client, configure)
     _round_trip(harness.get_state_client, GetState.Request())
 
     def transition(tid: int) -> bool:
