@@ -260,6 +260,46 @@ class _Client:
         rclpy.shutdown(context=self.context)
 
 
+def test_an_invalid_lifecycle_request_does_not_stop_the_node(model_dir):
+    """The real entry point: a transition the current state does not have (activate an active
+    node) is refused, and the node answers the next question. Jazzy's rclpy raises inside its
+    own lifecycle service on such a request, in the node's executor thread."""
+    node = subprocess.Popen(
+        [sys.executable, "-m", "lion_ros.ros.node", "--ros-args", "-p", f"model_path:={model_dir}",
+         "-p", "qos_reliability:=reliable", "-p", "max_frame_age_s:=0.0", "-p", "use_depth:=false"],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    client = _Client()
+    try:
+        ask = client.node.create_client(Ask, "/lion_node/ask")
+        change_state = client.node.create_client(ChangeState, "/lion_node/change_state")
+        camera = client.node.create_publisher(Image, "/camera/image", 1)
+        client.start()
+        assert ask.wait_for_service(timeout_sec=60.0), "lion_node did not come up"
+        assert change_state.wait_for_service(timeout_sec=60.0)
+
+        def answered_about_a_frame() -> bool:
+            camera.publish(rgb_image(320, 240, 5))
+            try:  # loading the model takes seconds; a reply can be lost to discovery (_round_trip)
+                return result_of(ask.call_async(Ask.Request(question="what?", max_new_tokens=1)), 20.0).success
+            except AssertionError:
+                return False
+
+        wait_for(answered_about_a_frame, 120.0, "the node to answer about a frame")
+        invalid = ChangeState.Request(transition=Transition(id=Transition.TRANSITION_ACTIVATE))
+        change_state.call_async(invalid)  # Kilted answers success=False; Jazzy raises in the node
+        time.sleep(1.0)
+        assert node.poll() is None, "the node exited after an invalid lifecycle request"
+        wait_for(answered_about_a_frame, 30.0, "an answer after the invalid request")
+        node.send_signal(signal.SIGINT)
+        node.wait(timeout=10.0)
+    finally:
+        if node.poll() is None:
+            node.kill()
+        _, stderr = node.communicate()
+        client.close()
+    assert node.returncode == 0, stderr
+
+
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_a_signal_drains_every_request_and_exits_cleanly(model_dir, signum):
     """The real executable's entry point on a tiny model (about 15 ms a token here), so answers

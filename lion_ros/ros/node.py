@@ -19,7 +19,6 @@ was accepted, while the context is still valid (`drain`).
 """
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import sys
@@ -35,7 +34,7 @@ import rclpy
 from diagnostic_msgs.msg import DiagnosticArray
 from rclpy.action import ActionServer, CancelResponse
 from rclpy.callback_groups import ReentrantCallbackGroup
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor, ShutdownException
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy, qos_profile_services_default
 from rclpy.signals import SignalHandlerOptions
@@ -466,7 +465,7 @@ def main(args: list[str] | None = None) -> None:
     node = LionNode()
     executor = MultiThreadedExecutor(num_threads=node.executor_threads())
     executor.add_node(node)
-    spinner = threading.Thread(target=_spin, args=(executor,), name="lion-executor", daemon=True)
+    spinner = threading.Thread(target=_spin, args=(executor, node), name="lion-executor", daemon=True)
     spinner.start()
     try:
         while not stop.is_set() and not node.finalized.is_set() and spinner.is_alive():
@@ -487,9 +486,18 @@ def main(args: list[str] | None = None) -> None:
     os._exit(0)
 
 
-def _spin(executor: MultiThreadedExecutor) -> None:
-    with contextlib.suppress(ExternalShutdownException):
-        executor.spin()
+def _spin(executor: MultiThreadedExecutor, node: LionNode) -> None:
+    """executor.spin(), except that an exception escaping a callback is logged and spinning goes
+    on: one bad request must not stop the node. (Jazzy's rclpy raises in its own lifecycle
+    service when asked for a transition the current state does not have.)"""
+    while executor.context.ok():
+        try:
+            executor.spin()  # returns once the executor or the context is shut down
+            return
+        except (ExternalShutdownException, ShutdownException):
+            return
+        except Exception:
+            node.get_logger().error(f"a callback raised; the node keeps serving:\n{traceback.format_exc()}")
 
 
 if __name__ == "__main__":
