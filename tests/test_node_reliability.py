@@ -367,33 +367,29 @@ def test_a_model_that_fails_to_load_leaves_the_node_reconfigurable(make_harness,
     weights.write_bytes(weights.read_bytes()[:1000])  # a copy cut short
     harness = make_harness(runtime_factory=make_runtime, autostart=False, model_path=str(broken),
                            use_depth=False)
-    harness.wait_for_services("change_state_client", "get_state_client")
+    harness.wait_for_services("change_state_client", "ask_client")
     # Configuring with the broken model fails and leaves the node unconfigured, so it may be sent
     # again until a reply comes. (Not an invalid transition: Jazzy's rclpy raises on one, in the
-    # node's executor thread.)
+    # node's executor thread.) The state is read from the node's answers, not from get_state: one
+    # service client fewer for Fast DDS to match on a loaded machine.
     configure = ChangeState.Request(transition=Transition(id=Transition.TRANSITION_CONFIGURE))
     _round_trip(harness.change_state_client, configure)
-    _round_trip(harness.get_state_client, GetState.Request())
 
     def transition(tid: int) -> bool:
         request = ChangeState.Request(transition=Transition(id=tid))
         return result_of(harness.change_state_client.call_async(request), 60.0).success
 
-    def state() -> str:
-        return result_of(harness.get_state_client.call_async(GetState.Request())).current_state.label
-
     assert not transition(Transition.TRANSITION_CONFIGURE)
-    assert state() == "unconfigured"
+    refused = harness.ask("what?")
+    assert refused.error_code == ErrorCode.NOT_READY and "unconfigured" in refused.message, refused.message
     log = capfd.readouterr().err  # the node's console log (rcutils writes to stderr)
     assert "[lion_node]: cannot load the model" in log and "truncated or corrupt" in log, log
     diagnostics = harness.collect(DiagnosticArray, "/diagnostics")
     wait_for(lambda: any("truncated or corrupt" in s.message for d in diagnostics for s in d.status),
              what="the reason on /diagnostics")
-    assert harness.ask("what?").error_code == ErrorCode.NOT_READY
 
     _set_parameter(harness, "model_path", str(model_dir))
     assert transition(Transition.TRANSITION_CONFIGURE) and transition(Transition.TRANSITION_ACTIVATE)
-    assert state() == "active"
     harness.send_frame("camera")
     res = harness.ask("what is on the table?", max_new_tokens=4)
     assert res.success and res.timings.tokens_generated > 0, res.message
