@@ -260,14 +260,19 @@ class _Client:
         rclpy.shutdown(context=self.context)
 
 
+def _start_node(model_dir) -> subprocess.Popen:
+    """lion_node by its real entry point, in a process of its own."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "lion_ros.ros.node", "--ros-args", "-p", f"model_path:={model_dir}",
+         "-p", "qos_reliability:=reliable", "-p", "max_frame_age_s:=0.0", "-p", "use_depth:=false"],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
 def test_an_invalid_lifecycle_request_does_not_stop_the_node(model_dir):
     """The real entry point: a transition the current state does not have (activate an active
     node) is refused, and the node answers the next question. Jazzy's rclpy raises inside its
     own lifecycle service on such a request, in the node's executor thread."""
-    node = subprocess.Popen(
-        [sys.executable, "-m", "lion_ros.ros.node", "--ros-args", "-p", f"model_path:={model_dir}",
-         "-p", "qos_reliability:=reliable", "-p", "max_frame_age_s:=0.0", "-p", "use_depth:=false"],
-        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    node = _start_node(model_dir)
     client = _Client()
     try:
         ask = client.node.create_client(Ask, "/lion_node/ask")
@@ -304,10 +309,7 @@ def test_an_invalid_lifecycle_request_does_not_stop_the_node(model_dir):
 def test_a_signal_drains_every_request_and_exits_cleanly(model_dir, signum):
     """The real executable's entry point on a tiny model (about 15 ms a token here), so answers
     are still being generated when the signal comes."""
-    node = subprocess.Popen(
-        [sys.executable, "-m", "lion_ros.ros.node", "--ros-args", "-p", f"model_path:={model_dir}",
-         "-p", "qos_reliability:=reliable", "-p", "max_frame_age_s:=0.0", "-p", "use_depth:=false"],
-        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    node = _start_node(model_dir)
     client = _Client()
     try:
         ask = client.node.create_client(Ask, "/lion_node/ask")
