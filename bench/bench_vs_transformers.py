@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import platform
 import statistics
 import sys
 import time
@@ -202,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--new-tokens must be at least 2 (decode ms/token is measured between 1 and N tokens)")
     torch.set_num_threads(args.threads)
     dtype = getattr(torch, args.dtype)
-    machine = torch.cuda.get_device_name() if args.device == "cuda" else _cpu_name()
+    machine = torch.cuda.get_device_name() if args.device == "cuda" else cpu_name()
     print(f"device {args.device} ({machine}) | dtype {args.dtype} | threads {args.threads} | prompt "
           f"{PROMPT_TOKENS} tokens | {args.new_tokens} new tokens | median of {args.repeats} interleaved repeats")
     print("| size | search | batch | stage | lion_ros ms | transformers ms | speed-up |")
@@ -236,14 +237,15 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _cpu_name() -> str:
+def cpu_name() -> str:
+    """The CPU model, to print beside CPU figures (machines here differ from run to run)."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
                 return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return "unknown CPU"
+    return platform.processor() or "unknown CPU"
 
 
 if __name__ == "__main__":

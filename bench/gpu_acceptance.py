@@ -46,7 +46,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from bench_vs_transformers import interleaved_medians
+from bench_vs_transformers import cpu_name, interleaved_medians
 
 from lion_ros.api import GenerationSettings, TaskKind
 from lion_ros.model import LionConfig, LionModel
@@ -146,7 +146,7 @@ def step_environment(ctx: Context) -> dict[str, Any]:
 
     facts: dict[str, Any] = {
         "python": platform.python_version(), "torch": torch.__version__, "torch_cuda": torch.version.cuda,
-        "cpu": _cpu_name(), "cpu_count": os.cpu_count(), "cuda_available": torch.cuda.is_available(),
+        "cpu": cpu_name(), "cpu_count": os.cpu_count(), "cuda_available": torch.cuda.is_available(),
     }
     if torch.cuda.is_available():
         props = torch.cuda.get_device_properties(0)
@@ -411,16 +411,6 @@ def _peak_gib(device: str) -> float | None:
 def _free(device: str) -> None:
     if device == "cuda":
         torch.cuda.empty_cache()
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 STEP_FUNCTIONS: dict[str, Callable[[Context], dict[str, Any]]] = {

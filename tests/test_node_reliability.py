@@ -260,6 +260,17 @@ class _Client:
         rclpy.shutdown(context=self.context)
 
 
+def _answered_about_a_frame(ask, camera) -> bool:
+    """Publish a frame and ask about it: True once answered. Loading and warming up the model
+    takes seconds on a shared 2-core machine, and a reply can be lost to discovery (see
+    _round_trip): the caller asks again then."""
+    camera.publish(rgb_image(320, 240, 5))
+    try:
+        return result_of(ask.call_async(Ask.Request(question="what?", max_new_tokens=1)), 20.0).success
+    except AssertionError:
+        return False
+
+
 def _start_node(model_dir) -> subprocess.Popen:
     """lion_node by its real entry point, in a process of its own."""
     return subprocess.Popen(
@@ -282,19 +293,13 @@ def test_an_invalid_lifecycle_request_does_not_stop_the_node(model_dir):
         assert ask.wait_for_service(timeout_sec=60.0), "lion_node did not come up"
         assert change_state.wait_for_service(timeout_sec=60.0)
 
-        def answered_about_a_frame() -> bool:
-            camera.publish(rgb_image(320, 240, 5))
-            try:  # loading the model takes seconds; a reply can be lost to discovery (_round_trip)
-                return result_of(ask.call_async(Ask.Request(question="what?", max_new_tokens=1)), 20.0).success
-            except AssertionError:
-                return False
 
-        wait_for(answered_about_a_frame, 120.0, "the node to answer about a frame")
+        wait_for(lambda: _answered_about_a_frame(ask, camera), 120.0, "the node to answer about a frame")
         invalid = ChangeState.Request(transition=Transition(id=Transition.TRANSITION_ACTIVATE))
         change_state.call_async(invalid)  # Kilted answers success=False; Jazzy raises in the node
         time.sleep(1.0)
         assert node.poll() is None, "the node exited after an invalid lifecycle request"
-        wait_for(answered_about_a_frame, 30.0, "an answer after the invalid request")
+        wait_for(lambda: _answered_about_a_frame(ask, camera), 30.0, "an answer after the invalid request")
         node.send_signal(signal.SIGINT)
         node.wait(timeout=10.0)
     finally:
@@ -319,16 +324,8 @@ def test_a_signal_drains_every_request_and_exits_cleanly(model_dir, signum):
         assert ask.wait_for_service(timeout_sec=60.0), "lion_node did not come up"
         assert goals.wait_for_server(timeout_sec=60.0)
 
-        def answered_about_a_frame() -> bool:
-            camera.publish(rgb_image(320, 240, 5))
-            # Loading and warming up the model takes seconds on a shared 2-core machine, and a
-            # reply can be lost to discovery (see _round_trip): ask again then.
-            try:
-                return result_of(ask.call_async(Ask.Request(question="what?", max_new_tokens=1)), 20.0).success
-            except AssertionError:
-                return False
 
-        wait_for(answered_about_a_frame, 120.0, "the node to answer about a frame")
+        wait_for(lambda: _answered_about_a_frame(ask, camera), 120.0, "the node to answer about a frame")
         _goals(goals, 1)
         calls = [ask.call_async(Ask.Request(question="what is on the table?")) for _ in range(6)]
         handles = [result_of(goals.send_goal_async(AskAction.Goal(question="where is the red cup?")))
